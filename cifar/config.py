@@ -1,0 +1,61 @@
+"""Every setting the product reads from the environment, in one place.
+
+| variable            | default            | meaning                                                  |
+|---------------------|--------------------|----------------------------------------------------------|
+| CIFAR_HOME          | ./data             | all state the app writes: uploads, model versions, logs  |
+| CIFAR_DATA          | ../shared/cifar10  | CIFAR-10 folder used for training and evaluation         |
+| CIFAR_SHIPPED       | ./models           | the model versions shipped with the code (read-only)      |
+| CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push require it               |
+| CIFAR_FROM_HUB      | (unset)            | "1": start from the newest version pushed to HF_REPO_ID  |
+| HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
+| HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
+"""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(name: str, default: Path) -> Path:
+    return Path(os.environ.get(name) or default).expanduser().resolve()
+
+
+def home() -> Path:
+    """The data directory; created on first use."""
+    path = _path("CIFAR_HOME", ROOT / "data")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def dataset_dir() -> Path:
+    return _path("CIFAR_DATA", ROOT.parent / "shared" / "cifar10")
+
+
+def shipped_models_dir() -> Path:
+    return _path("CIFAR_SHIPPED", ROOT / "models")
+
+
+def registry_dir() -> Path:
+    return home() / "models"
+
+
+def uploads_dir() -> Path:
+    return home() / "uploads"
+
+
+def cache_dir() -> Path:
+    path = home() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def admin_key() -> str | None:
+    return os.environ.get("CIFAR_ADMIN_KEY") or None
+
+
+def hub_repo_id() -> str | None:
+    return os.environ.get("HF_REPO_ID") or None
+
+
+def start_from_hub() -> bool:
+    return os.environ.get("CIFAR_FROM_HUB", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,131 @@
+"""Metrics (scikit-learn) and plots (matplotlib) of a model version."""
+import io
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from . import CLASSES
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix."""
+    labels = list(range(len(CLASSES)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    macro = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro": {"precision": float(macro[0]), "recall": float(macro[1]), "f1": float(macro[2])},
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(CLASSES)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "count": int(len(y_true)),
+    }
+
+
+def evaluate(predictor, x: np.ndarray, y: np.ndarray) -> dict:
+    """Metrics of `predictor` on (x, y), plus the confidences it gave (for the confidence plot)."""
+    started = time.time()
+    probabilities = predictor.predict_arrays(x)
+    metrics = compute_metrics(y, probabilities.argmax(axis=1))
+    metrics["seconds"] = round(time.time() - started, 2)
+    metrics["tta_level"] = predictor.tta_level
+    metrics["confidence_histogram"] = np.histogram(probabilities.max(axis=1), bins=20, range=(0, 1))[0].tolist()
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"accuracy {metrics['accuracy']:.4f} on {metrics['count']} images", "",
+             f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<12}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>9}")
+    macro = metrics["macro"]
+    lines.append(f"{'macro':<12}{macro['precision']:>10.4f}{macro['recall']:>10.4f}{macro['f1']:>10.4f}")
+    return "\n".join(lines)
+
+
+# --- plots: each returns a matplotlib Figure; save_png writes one --------------------------
+
+def plot_confusion(metrics: dict, title: str = "Confusion matrix"):
+    matrix = np.asarray(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                color="white" if value > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(metrics: dict, title: str = "Per-class scores"):
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    positions = np.arange(len(CLASSES))
+    for offset, key in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
+        ax.bar(positions + offset, [metrics["per_class"][c][key] for c in CLASSES], 0.27, label=key)
+    ax.set_xticks(positions, CLASSES, rotation=30, ha="right")
+    low = min(min(metrics["per_class"][c][k] for c in CLASSES) for k in ("precision", "recall", "f1"))
+    ax.set_ylim(max(0.0, low - 0.05), 1.0), ax.set_title(title), ax.legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict, title: str = "Training curves"):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8, 3.2))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
+        if history.get(key):
+            ax.plot(epochs, history[key], marker=".", label="train")
+        if history.get(f"val_{key}"):
+            ax.plot(epochs, history[f"val_{key}"], marker=".", label="held-out")
+        ax.set_xlabel("epoch"), ax.set_title(key), ax.grid(alpha=0.3), ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class distribution"):
+    """`counts` maps a series name (e.g. "training", "uploads") to {class: count}."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    positions = np.arange(len(CLASSES))
+    width = 0.8 / max(1, len(counts))
+    for i, (series, per_class) in enumerate(counts.items()):
+        ax.bar(positions + (i - (len(counts) - 1) / 2) * width, [per_class.get(c, 0) for c in CLASSES],
+               width, label=series)
+    ax.set_xticks(positions, CLASSES, rotation=30, ha="right")
+    ax.set_ylabel("images"), ax.set_title(title), ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confidences(histogram: list[int], title: str = "Prediction confidence"):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    edges = np.linspace(0, 1, len(histogram) + 1)
+    ax.bar(edges[:-1], histogram, width=edges[1] - edges[0], align="edge", edgecolor="white")
+    ax.set_xlabel("top-class probability"), ax.set_ylabel("images"), ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig, path: Path) -> Path:
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

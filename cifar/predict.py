@@ -1,0 +1,95 @@
+"""The serving predictor: a loaded model version, batched inference with test-time augmentation."""
+import threading
+
+import keras
+import numpy as np
+
+from . import CLASSES, images
+
+# Logit weights of the test-time views (airbench's TTA level 2): the image and its mirror,
+# then both shifted one pixel up-left and down-right. Flip averaging alone: TTA_LEVEL=1.
+TTA_LEVEL = 2
+
+
+def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    return padded[:, 1 + dy:33 + dy, 1 + dx:33 + dx]
+
+
+def tta_views(x: np.ndarray, level: int = TTA_LEVEL) -> list[tuple[float, np.ndarray]]:
+    if level == 0:
+        return [(1.0, x)]
+    views = [(0.5, x), (0.5, x[:, :, ::-1])]
+    if level >= 2:
+        views = [(0.25, v) for _, v in views]
+        for dy, dx in ((-1, -1), (1, 1)):
+            shifted = _shift(x, dy, dx)
+            views += [(0.125, shifted), (0.125, shifted[:, :, ::-1])]
+    return views
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """Wraps one Keras model; thread-safe; `predict_arrays` takes (N, 32, 32, 3) uint8."""
+
+    def __init__(self, model: keras.Model, version: str = "", tta_level: int = TTA_LEVEL, batch_size: int = 256):
+        self.model, self.version, self.tta_level, self.batch_size = model, version, tta_level, batch_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path, version: str = "", **kwargs) -> "Predictor":
+        from . import model as _registers_custom_layers  # noqa: F401
+
+        return cls(keras.saving.load_model(path, compile=False), version, **kwargs)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), len(CLASSES)), dtype=np.float32)
+        if len(x) == 0:
+            return out
+        views = tta_views(x, self.tta_level)
+        # All views of a chunk go through the network as one batch: fewer, larger matmuls.
+        chunk = max(1, self.batch_size // len(views))
+        for start in range(0, len(x), chunk):
+            part = slice(start, start + chunk)
+            stacked = np.concatenate([v[part] for _, v in views]).astype(np.float32)
+            with self._lock:
+                raw = np.asarray(self.model(stacked, training=False), dtype=np.float32)
+            n = min(chunk, len(x) - start)
+            out[part] = sum(w * raw[i * n:(i + 1) * n] for i, (w, _) in enumerate(views))
+        return out
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10)."""
+        return softmax(self.logits(x))
+
+    def predict_images(self, sources) -> np.ndarray:
+        """Probabilities for images of any kind `images.to_array` accepts."""
+        return self.predict_arrays(np.stack([images.to_array(s) for s in sources]))
+
+    def warm_up(self) -> None:
+        self.predict_arrays(np.zeros((1, 32, 32, 3), np.uint8))
+        self.predict_arrays(np.zeros((8, 32, 32, 3), np.uint8))
+
+
+def measure_serving(predictor: Predictor, batch_sizes=(1, 32, 256), seconds: float = 3.0) -> dict:
+    """Latency of one image and throughput at several batch sizes, network + TTA only."""
+    import time
+
+    rng = np.random.default_rng(0)
+    results = {}
+    for batch in batch_sizes:
+        x = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
+        predictor.predict_arrays(x)  # warm-up: first call traces the graph
+        timings, started = [], time.perf_counter()
+        while time.perf_counter() - started < seconds or len(timings) < 3:
+            t = time.perf_counter()
+            predictor.predict_arrays(x)
+            timings.append(time.perf_counter() - t)
+        results[str(batch)] = {"latency_ms_p50": round(1000 * float(np.median(timings)), 2),
+                               "images_per_s": round(batch / float(np.median(timings)), 1)}
+    return results

@@ -1,0 +1,50 @@
+"""Turning a trained Keras model into a complete registry version (model, metadata, metrics, card)."""
+import json
+import platform
+import sys
+from pathlib import Path
+
+from . import card, evaluate, registry
+
+
+def library_versions() -> dict:
+    import keras
+    import numpy
+    import sklearn
+    import tensorflow
+
+    return {"python": platform.python_version(), "keras": keras.__version__,
+            "tensorflow": tensorflow.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}"
+
+
+def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict, metrics: dict,
+                       history: dict) -> registry.Version:
+    """Write model.keras, metadata.json (with file size), metrics.json, history.json and the card."""
+    version_id = registry.new_version_id(kind)
+    metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv), "libraries": library_versions(), "machine": machine(), **metadata}
+
+    import keras
+
+    # A fresh copy without the optimizer: a third of the size (no momentum or EMA slots).
+    serving_model = keras.Model.from_config(model.get_config())
+    serving_model.set_weights(model.get_weights())
+
+    def write(folder: Path):
+        serving_model.save(folder / registry.MODEL_FILE)
+        metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
+        for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history)):
+            (folder / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+        (folder / "README.md").write_text(card.model_card(version_id, metadata, metrics))
+        if metrics.get("confusion_matrix"):
+            evaluate.save_png(evaluate.plot_confusion(metrics), folder / "confusion.png")
+        if history.get("loss"):
+            evaluate.save_png(evaluate.plot_history(history), folder / "history.png")
+
+    return reg.save(version_id, write)
