@@ -44,6 +44,71 @@ def cmd_train(args) -> None:
     print(f"saved version {version.id} in {version.path}", flush=True)
 
 
+def _model_file(path: str) -> Path:
+    path = Path(path)
+    return path / "model.keras" if path.is_dir() else path
+
+
+def cmd_evaluate(args) -> None:
+    from . import CLASSES, data, evaluate, predict
+
+    model_file = _model_file(args.model)
+    x, y = data.load(args.data, args.split)
+    predictor = predict.Predictor.load(model_file, tta_level=args.tta)
+    metrics = evaluate.evaluate(predictor, x, y)
+    metrics["data"] = f"{args.data} ({args.split})"
+    print(evaluate.format_table(metrics))
+    out = model_file.parent
+    (out / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    evaluate.save_png(evaluate.plot_confusion(metrics), out / "eval_confusion.png")
+    evaluate.save_png(evaluate.plot_per_class(metrics), out / "eval_per_class.png")
+    evaluate.save_png(evaluate.plot_confidences(metrics["confidence_histogram"]), out / "eval_confidence.png")
+    counts = {args.split: {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}}
+    evaluate.save_png(evaluate.plot_distribution(counts), out / "eval_distribution.png")
+    if (out / "history.json").exists():
+        evaluate.save_png(evaluate.plot_history(json.loads((out / "history.json").read_text())),
+                          out / "eval_history.png")
+    print(f"wrote evaluation.json and eval_*.png in {out}")
+
+
+def _registry(args):
+    from . import registry
+
+    return registry.Registry(args.registry)
+
+
+def cmd_versions(args) -> None:
+    reg = _registry(args)
+    current = reg.current().id if reg.list() else None
+    for version in reg.list():
+        accuracy = version.metrics.get("accuracy")
+        print(f"{'*' if version.id == current else ' '} {version.id:<32} {version.metadata.get('kind', ''):<8} "
+              f"acc={accuracy if accuracy is None else f'{accuracy:.4f}'} parent={version.metadata.get('parent')}")
+
+
+def cmd_promote(args) -> None:
+    print(f"current: {_registry(args).promote(args.id).id}")
+
+
+def cmd_rollback(args) -> None:
+    print(f"current: {_registry(args).rollback(args.id).id}")
+
+
+def cmd_push(args) -> None:
+    from . import hub
+
+    reg = _registry(args)
+    version = reg.get(args.id) if args.id else reg.current()
+    print(f"pushed {version.id}: commit {hub.push(version)}")
+
+
+def cmd_pull(args) -> None:
+    from . import hub
+
+    version = hub.pull(_registry(args), args.revision)
+    print(f"pulled {version.id} into {version.path}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cifar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +118,26 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_train)
+    p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
+    p.add_argument("--model", required=True, help="a model.keras file or a version folder")
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--tta", type=int, default=2, help="test-time augmentation: 0 none, 1 flip, 2 flip+shift")
+    p.set_defaults(run=cmd_evaluate)
+    for name, run, help_text in (("versions", cmd_versions, "list versions (* = current)"),
+                                 ("promote", cmd_promote, "make a version current"),
+                                 ("rollback", cmd_rollback, "make an earlier version current"),
+                                 ("push", cmd_push, "push a version to HF_REPO_ID"),
+                                 ("pull", cmd_pull, "download a version from HF_REPO_ID")):
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("--registry", default=None, help="registry folder (default CIFAR_HOME/models)")
+        if name == "promote":
+            p.add_argument("id")
+        elif name in ("rollback", "push"):
+            p.add_argument("id", nargs="?")
+        elif name == "pull":
+            p.add_argument("--revision", default=None, help="version tag (default: the newest)")
+        p.set_defaults(run=run)
     args = parser.parse_args(argv)
     from . import config
 
@@ -60,7 +145,15 @@ def main(argv=None) -> None:
         args.data = str(config.dataset_dir())
     if getattr(args, "out", "x") is None:
         args.out = str(config.registry_dir())
-    args.run(args)
+    if getattr(args, "registry", "x") is None:
+        args.registry = str(config.registry_dir())
+    from .hub import HubError
+    from .registry import RegistryError
+
+    try:
+        args.run(args)
+    except (HubError, RegistryError) as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

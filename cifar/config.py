@@ -7,6 +7,8 @@
 | CIFAR_SHIPPED       | ./models           | the model versions shipped with the code (read-only)      |
 | CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push require it               |
 | CIFAR_FROM_HUB      | (unset)            | "1": start from the newest version pushed to HF_REPO_ID  |
+| CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
+| CIFAR_TTA           | 2                  | test-time augmentation: 0 none, 1 flip, 2 flip + shifts  |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
@@ -59,3 +61,11 @@ def hub_repo_id() -> str | None:
 
 def start_from_hub() -> bool:
     return os.environ.get("CIFAR_FROM_HUB", "").lower() in ("1", "true", "yes")
+
+
+def max_batch() -> int:
+    return max(1, int(os.environ.get("CIFAR_MAX_BATCH", "32")))
+
+
+def tta_level() -> int:
+    return int(os.environ.get("CIFAR_TTA", "2"))

@@ -84,3 +84,51 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(len(CLASSES))]
     return np.sort(np.concatenate(picks))
+
+
+# --- small data shipped in assets/, so retraining works on a fresh offline machine ----------
+
+def holdout_path() -> Path:
+    return config.ROOT / "assets" / "holdout.npz"
+
+
+def replay_path() -> Path:
+    return config.ROOT / "assets" / "replay.npz"
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as stored:
+        return stored["x"], stored["y"]
+
+
+def holdout() -> tuple[np.ndarray, np.ndarray]:
+    """2,000 test images (200 a class) that judge every new version before it is promoted."""
+    return load_npz(holdout_path())
+
+
+def replay(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` original training images mixed into retraining so the model does not forget:
+    from the CIFAR-10 folder when it is there, else from the sample shipped in assets/."""
+    try:
+        x, y = load_folder(config.dataset_dir(), "train")
+    except DatasetError:
+        x, y = load_npz(replay_path())
+    picks = balanced_subset(y, min(count // len(CLASSES), int(np.bincount(y).min())), seed)
+    return x[picks], y[picks]
+
+
+def write_assets(source, examples_dir: Path) -> None:
+    """Create assets/holdout.npz, assets/replay.npz and one example image per class."""
+    from PIL import Image
+
+    x_test, y_test = load(source, "test")
+    x_train, y_train = load(source, "train")
+    held = balanced_subset(y_test, 200, seed=1)
+    np.savez_compressed(holdout_path(), x=x_test[held], y=y_test[held])
+    kept = balanced_subset(y_train, 300, seed=1)
+    np.savez_compressed(replay_path(), x=x_train[kept], y=y_train[kept])
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    outside_holdout = np.setdiff1d(np.arange(len(y_test)), held)
+    for label, name in enumerate(CLASSES):
+        index = outside_holdout[y_test[outside_holdout] == label][0]
+        Image.fromarray(x_test[index]).resize((128, 128), Image.Resampling.NEAREST).save(examples_dir / f"{name}.png")

@@ -93,3 +93,48 @@ def measure_serving(predictor: Predictor, batch_sizes=(1, 32, 256), seconds: flo
         results[str(batch)] = {"latency_ms_p50": round(1000 * float(np.median(timings)), 2),
                                "images_per_s": round(batch / float(np.median(timings)), 1)}
     return results
+
+
+class MicroBatcher:
+    """Collects single-image requests from many threads into one network call.
+
+    While the network runs one batch, new requests queue up; the worker then takes up to
+    `max_batch` of them at once. Each caller still gets its own result or its own exception.
+    `get_predictor` is read for every batch, so a version swap applies from the next batch.
+    """
+
+    def __init__(self, get_predictor, max_batch: int = 32, max_wait_s: float = 0.002):
+        import queue
+
+        self.get_predictor, self.max_batch, self.max_wait_s = get_predictor, max_batch, max_wait_s
+        self._queue: "queue.Queue" = queue.Queue()
+        self.batches = 0
+        self.images = 0
+        threading.Thread(target=self._run, daemon=True, name="micro-batcher").start()
+
+    def predict(self, array: np.ndarray, timeout: float = 60.0) -> np.ndarray:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._queue.put((array, future))
+        return future.result(timeout=timeout)
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            pending = [self._queue.get()]
+            try:
+                while len(pending) < self.max_batch:
+                    pending.append(self._queue.get(timeout=self.max_wait_s))
+            except queue.Empty:
+                pass
+            try:
+                probabilities = self.get_predictor().predict_arrays(np.stack([a for a, _ in pending]))
+                for (_, future), p in zip(pending, probabilities):
+                    future.set_result(p)
+            except Exception as exc:  # the callers see it; the worker lives on
+                for _, future in pending:
+                    future.set_exception(exc)
+            self.batches += 1
+            self.images += len(pending)

@@ -8,7 +8,6 @@ import numpy as np
 
 from . import CLASSES, model as net
 
-Progress = "callable(fraction: float, message: str) -> None"
 
 
 def use_bf16() -> None:
@@ -78,7 +77,8 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batc
 
 
 def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: int = 0,
-        lr_scale: float = 1.0, validation=None, report=None, verbose: int = 0) -> TrainResult:
+        lr_scale: float = 1.0, batch_size: int | None = None, validation=None, report=None,
+        verbose: int = 0) -> TrainResult:
     """Train `model` in place with the recipe for `epochs` epochs; weights end as their EMA.
 
     `x` is (N, 32, 32, 3) uint8, `y` either labels (N,) or soft targets (N, 10).
@@ -86,7 +86,8 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     """
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    batch_size = min(HYP_BATCH(), len(x))
+    batch_size = min(batch_size or net.HYP["batch_size"], len(x))
+    model.get_layer("whiten").kernel.trainable = False  # not saved with the model: freeze again
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total_steps = steps_per_epoch * epochs
     model.compile(optimizer=net.make_optimizer(total_steps, lr_scale), loss=net.make_loss(),
@@ -114,10 +115,6 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     return TrainResult(model, history, time.time() - started, epochs)
 
 
-def HYP_BATCH() -> int:
-    return net.HYP["batch_size"]
-
-
 def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,
                        widths=None, validation=None, report=None, verbose: int = 0) -> TrainResult:
     """The shipped recipe: build, whiten-initialise and train a fresh network."""
@@ -128,3 +125,30 @@ def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, 
     net.init_identity(model)
     return fit(model, x, y, epochs or net.HYP["epochs"], seed=seed, validation=validation,
                report=report, verbose=verbose)
+
+
+# --- retraining on uploads ----------------------------------------------------------------
+
+RETRAIN = {
+    "threshold": 0.9,     # pseudo-labels below this confidence are not used
+    "epochs": 4,          # a few passes: enough to adapt, too few to forget
+    "replay": 3000,       # original training images mixed in (3x a full 1,000-image upload)
+    "batch_size": 256,    # smaller than from scratch: more steps on few images
+    "lr_scale": 0.1,      # a tenth of the from-scratch lr: adjust the weights, don't restart
+}
+
+
+def pseudo_labels(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hard labels of the confident predictions: (labels, mask of those at or above `threshold`)."""
+    return probabilities.argmax(axis=1), probabilities.max(axis=1) >= threshold
+
+
+def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,
+             report=None) -> TrainResult:
+    """A fresh copy of the model at `model_path`, trained a few epochs on (x, y), EMA weights."""
+    from . import predict
+
+    use_bf16()
+    model = predict.Predictor.load(model_path).model
+    return fit(model, x, y, epochs or RETRAIN["epochs"], seed=seed, lr_scale=RETRAIN["lr_scale"],
+               batch_size=RETRAIN["batch_size"], report=report)

@@ -1,0 +1,123 @@
+"""Push and pull model versions to a Hugging Face Hub model repository.
+
+Each version is one commit (model, metrics, metadata, model card) tagged with the version id.
+Configuration: HF_REPO_ID, HF_TOKEN (or the saved login), HF_ENDPOINT for a non-default Hub.
+Errors become `HubError` with a plain message; the token never appears in one.
+"""
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import config
+from .registry import Registry, Version
+
+PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "README.md",
+                "confusion.png", "history.png"]
+
+
+class HubError(RuntimeError):
+    """A push or pull that failed; the message says what to do and never holds the token."""
+
+
+def _scrub(text: str) -> str:
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
+
+
+def _explain(exc: Exception, repo_id: str) -> HubError:
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.RevisionNotFoundError):
+        message = f"no such version (tag) in {repo_id}"
+    elif isinstance(exc, errors.RepositoryNotFoundError):
+        message = f"repository {repo_id} not found, or the token may not access it"
+    elif isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            message = f"the Hub refused the token (HTTP {status}): check HF_TOKEN"
+        else:
+            message = f"the Hub answered with an error (HTTP {status or '?'}); try again later"
+    elif isinstance(exc, errors.LocalEntryNotFoundError) or "connect" in str(exc).lower():
+        message = "cannot reach the Hub (no network?); the version is kept locally, push again later"
+    else:
+        message = f"{exc.__class__.__name__}: {_scrub(str(exc))[:200]}"
+    return HubError(f"Hub {message}.")
+
+
+def _api():
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # progress bars would flood the app's log
+
+    return HfApi(token=os.environ.get("HF_TOKEN") or None)
+
+
+def _repo() -> str:
+    repo_id = config.hub_repo_id()
+    if not repo_id:
+        raise HubError("No Hub repository configured: set HF_REPO_ID.")
+    return repo_id
+
+
+def push(version: Version, repo_id: str | None = None) -> str:
+    """Upload `version` as one commit tagged `version.id`; returns the commit id.
+
+    Pushing a version that is already tagged is a no-op returning that tag's commit, so a
+    failed push can simply be retried.
+
+    Raises:
+        HubError: no repository configured, bad token, unreachable or failing server.
+    """
+    repo_id = repo_id or _repo()
+    api = _api()
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        for tag in api.list_repo_refs(repo_id).tags:
+            if tag.name == version.id:
+                return tag.target_commit
+        commit = api.upload_folder(repo_id=repo_id, folder_path=version.path, allow_patterns=PUSHED_FILES,
+                                   commit_message=f"Add version {version.id}",
+                                   commit_description=f"Model version {version.id} "
+                                                      f"({version.metadata.get('kind', '?')}).")
+        api.create_tag(repo_id, tag=version.id, revision=commit.oid, tag_message=f"version {version.id}")
+        return commit.oid
+    except HubError:
+        raise
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def tags(repo_id: str | None = None) -> list[str]:
+    """Version tags in the repository, oldest first."""
+    repo_id = repo_id or _repo()
+    try:
+        return sorted(tag.name for tag in _api().list_repo_refs(repo_id).tags)
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -> Version:
+    """Download version `revision` (a tag; the newest tag when None) into `registry`."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = repo_id or _repo()
+    if revision is None:
+        available = tags(repo_id)
+        if not available:
+            raise HubError(f"No versions pushed to {repo_id} yet.")
+        revision = available[-1]
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            snapshot_download(repo_id, revision=revision, local_dir=folder,
+                              token=os.environ.get("HF_TOKEN") or None, allow_patterns=PUSHED_FILES)
+            if not (Path(folder) / "model.keras").exists():
+                raise HubError(f"{repo_id}@{revision} holds no model.keras.")
+            return registry.add_folder(Path(folder), version_id=revision)
+    except HubError:
+        raise
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None

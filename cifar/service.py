@@ -1,0 +1,327 @@
+"""What the app does, as plain functions over one `Service`: the UI (app.py) only wires them.
+
+It owns the registry, the upload store, the serving predictor (swapped atomically after a
+promotion) and the monitor. Errors a user can cause are raised as `UserError` with a message
+fit to show; nothing here prints secrets.
+"""
+import csv
+import hmac
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASSES, config, data, evaluate, images, train, versions
+from .monitor import Monitor
+from .predict import MicroBatcher, Predictor
+from .registry import Registry, RegistryError
+from .uploads import UploadStore
+
+log = logging.getLogger("cifar")
+
+PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
+UNSURE_BELOW = 0.5           # top confidence under which the UI says "not sure"
+
+
+class UserError(ValueError):
+    """Something the user can fix; the message is shown as it is."""
+
+
+class Service:
+    def __init__(self):
+        self.registry = Registry(config.registry_dir())
+        self.registry.clean_staging()
+        self._seed_registry()
+        self.uploads = UploadStore(config.uploads_dir())
+        self.monitor = Monitor()
+        self.tta_level = config.tta_level()
+        self._swap_lock = threading.Lock()
+        self._retrain_lock = threading.Lock()
+        self.retrain_started: float | None = None
+        self.hub_status = "not configured" if not config.hub_repo_id() else "idle"
+        self._predictor = self._load(self.registry.current().id)
+        self._predictor.warm_up()
+        max_batch = config.max_batch()
+        self.batcher = MicroBatcher(lambda: self._predictor, max_batch) if max_batch > 1 else None
+
+    def _seed_registry(self) -> None:
+        """First start: copy the shipped versions in (or pull from the Hub when asked to)."""
+        if config.start_from_hub() and config.hub_repo_id():
+            from . import hub
+
+            try:
+                version = hub.pull(self.registry, None)
+                self.registry.promote(version.id, reason="pulled from the Hub at start")
+                return
+            except hub.HubError as exc:
+                log.warning("starting from the shipped model: %s", exc)
+        if self.registry.list():
+            return
+        shipped = Registry(config.shipped_models_dir())
+        for version in shipped.list():
+            self.registry.add_folder(version.path)
+        if not self.registry.list():
+            raise RuntimeError(f"no model versions shipped in {config.shipped_models_dir()}")
+        current = shipped.current().id
+        self.registry.promote(current, reason="shipped model")
+
+    def _load(self, version_id: str) -> Predictor:
+        return Predictor.load(self.registry.get(version_id).model_path, version=version_id, tta_level=self.tta_level)
+
+    @property
+    def predictor(self) -> Predictor:
+        return self._predictor
+
+    # --- prediction ----------------------------------------------------------------------
+    def _timed(self, endpoint: str, fn, count: int = 1):
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception:
+            self.monitor.record(endpoint, time.perf_counter() - started, ok=False, count=count)
+            raise
+        self.monitor.record(endpoint, time.perf_counter() - started, count=count)
+        return result
+
+    @staticmethod
+    def _array(image) -> np.ndarray:
+        if image is None or (isinstance(image, str) and not image):
+            raise UserError("No image given: upload, drop, paste or take a picture first.")
+        try:
+            return images.to_array(image)
+        except images.ImageError as exc:
+            raise UserError(f"Cannot read this image: {exc}.") from None
+        except OSError:
+            raise UserError("Cannot read this image: the file could not be opened.") from None
+
+    def predict(self, source) -> dict[str, float]:
+        """Confidences {class: probability} of one image. Concurrent calls share network calls
+        through the micro-batcher (unless CIFAR_MAX_BATCH=1)."""
+        def run():
+            x = self._array(source)
+            if self.batcher:
+                p = self.batcher.predict(x)
+            else:
+                p = self._predictor.predict_arrays(x[None])[0]
+            return {c: float(p[i]) for i, c in enumerate(CLASSES)}
+        return self._timed("predict", run)
+
+    @staticmethod
+    def unsure_note(confidences: dict[str, float]) -> str:
+        best = max(confidences, key=confidences.get)
+        if confidences[best] < UNSURE_BELOW:
+            return f"Not sure: the best guess, {best}, has only {confidences[best]:.0%} confidence."
+        return f"{best} ({confidences[best]:.0%} confident)"
+
+    def predict_files(self, paths: list) -> tuple[list[list], str]:
+        """Rows (file, class, confidence or error) and a CSV file of them."""
+        if not paths:
+            raise UserError("No images given: choose one or more image files.")
+        rows, good, arrays = [], [], []
+        for path in paths:
+            name = Path(path).name
+            try:
+                arrays.append(images.to_array(path))
+                good.append(len(rows))
+                rows.append([name, "", None])
+            except images.ImageError as exc:
+                rows.append([name, "error", str(exc).removeprefix(f"{name}: ")])
+        if arrays:
+            probabilities = self._timed("predict_batch", lambda: self._predictor.predict_arrays(np.stack(arrays)),
+                                        count=len(arrays))
+            for row_index, p in zip(good, probabilities):
+                rows[row_index][1:] = [CLASSES[int(p.argmax())], round(float(p.max()), 4)]
+        out = Path(tempfile.mkdtemp(prefix="predictions-")) / "predictions.csv"
+        with open(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "class", "confidence_or_error"])
+            writer.writerows(rows)
+        return rows, str(out)
+
+    # --- uploads -------------------------------------------------------------------------
+    def upload(self, paths: list):
+        if not paths:
+            raise UserError("No files given: choose images or one zip of images.")
+        from .registry import new_version_id
+
+        report = self.uploads.add(paths, batch=new_version_id("upload"),
+                                  predict=lambda x: self._predictor.predict_arrays(x).argmax(axis=1))
+        self.monitor.record("upload", 0.0, ok=report.accepted > 0)
+        return report
+
+    def upload_plot(self):
+        return evaluate.plot_distribution(self.uploads.counts(), "Uploaded images by class")
+
+    # --- versions ------------------------------------------------------------------------
+    def check_admin(self, key: str | None) -> None:
+        expected = config.admin_key()
+        if expected and not hmac.compare_digest((key or "").encode(), expected.encode()):
+            raise UserError("This action needs the admin key (wrong or missing key).")
+
+    def versions_table(self) -> list[list]:
+        current = self.registry.current().id
+        rows = []
+        for version in reversed(self.registry.list()):
+            meta, metrics = version.metadata, version.metrics
+            accuracy = metrics.get("accuracy")
+            rows.append([version.id, "yes" if version.id == current else "", meta.get("kind", ""),
+                         meta.get("parent") or "", round(accuracy, 4) if accuracy is not None else None,
+                         metrics.get("count"), meta.get("train_seconds")])
+        return rows
+
+    def _swap(self, version_id: str) -> None:
+        predictor = self._load(version_id)
+        predictor.warm_up()
+        with self._swap_lock:  # requests in flight finish on the old predictor
+            self._predictor = predictor
+
+    def rollback(self, version_id: str | None, key: str | None) -> str:
+        self.check_admin(key)
+        try:
+            version = self.registry.rollback(version_id or None)
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        self._swap(version.id)
+        return f"Version {version.id} is current now."
+
+    def promote(self, version_id: str, key: str | None) -> str:
+        self.check_admin(key)
+        try:
+            version = self.registry.promote(version_id)
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        self._swap(version.id)
+        return f"Version {version.id} is current now."
+
+    # --- retraining ----------------------------------------------------------------------
+    def holdout_accuracy(self, version_id: str, predictor: Predictor | None = None) -> dict:
+        """Metrics of a version on the shipped held-out images, cached per version."""
+        cached = config.cache_dir() / f"holdout-{version_id}.json"
+        if cached.exists():
+            import json
+
+            return json.loads(cached.read_text())
+        x, y = data.holdout()
+        metrics = evaluate.evaluate(predictor or self._load(version_id), x, y)
+        from .registry import write_json_atomic
+
+        write_json_atomic(cached, metrics)
+        return metrics
+
+    def retrain(self, threshold: float | None = None, epochs: int | None = None, key: str | None = None,
+                report=None) -> dict:
+        """Fine-tune the current version on all uploads (pseudo-labelling the unlabeled ones),
+        save it as a new version, and promote it if it is not worse on the held-out images."""
+        self.check_admin(key)
+        if not self._retrain_lock.acquire(blocking=False):
+            since = time.strftime("%H:%M:%S", time.gmtime(self.retrain_started or time.time()))
+            raise UserError(f"A retrain is already running (since {since} UTC); wait for it to finish.")
+        try:
+            self.retrain_started = time.time()
+            return self._retrain(threshold if threshold is not None else train.RETRAIN["threshold"],
+                                 epochs, report or (lambda f, m: None))
+        finally:
+            self.retrain_started = None
+            self._retrain_lock.release()
+
+    def _retrain(self, threshold: float, epochs: int | None, report) -> dict:
+        started = time.time()
+        x_up, y_up, _ = self.uploads.load()
+        if len(x_up) == 0:
+            raise UserError("Nothing to retrain on: upload images first (Bulk upload tab).")
+        parent = self.registry.current()
+        serving = self._predictor
+        report(0.02, "pseudo-labelling unlabeled uploads")
+        unlabeled = y_up < 0
+        probabilities = serving.predict_arrays(x_up[unlabeled]) if unlabeled.any() else np.zeros((0, 10))
+        guessed, confident = train.pseudo_labels(probabilities, threshold)
+        labels = y_up.copy()
+        labels[np.flatnonzero(unlabeled)] = guessed
+        keep = ~unlabeled
+        keep[np.flatnonzero(unlabeled)[confident]] = True
+        if not keep.any():
+            raise UserError(f"No upload is labeled and none is predicted with {threshold:.0%} confidence or more: "
+                            "lower the threshold or upload labeled images.")
+        report(0.05, "loading original training images to mix in")
+        x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
+        x_train = np.concatenate([x_up[keep], x_replay])
+        y_train = np.concatenate([labels[keep], y_replay])
+        result = train.finetune(parent.model_path, x_train, y_train, epochs,
+                                report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
+        report(0.82, "judging the new version on held-out images")
+        before = self.holdout_accuracy(parent.id, serving)
+        after = evaluate.evaluate(Predictor(result.model), *data.holdout())
+        metadata = {
+            "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+            "train_count": int(len(x_train)), "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
+            "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
+            "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
+            "eval_data": "assets/holdout.npz (2,000 CIFAR-10 test images)", "eval_count": after["count"],
+        }
+        version = versions.save_model_version(self.registry, "retrain", result.model, metadata, after, result.history)
+        self.holdout_accuracy(version.id, Predictor(result.model))  # cache what we just measured
+        promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
+        if promoted:
+            reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
+                      f"(tolerance {PROMOTION_TOLERANCE:.0%})")
+            self.registry.promote(version.id, reason=reason)
+            report(0.95, "switching predictions to the new version")
+            self._swap(version.id)
+            why = f"Promoted: {reason}."
+        else:
+            why = (f"Not promoted: held-out accuracy fell from {before['accuracy']:.2%} to {after['accuracy']:.2%}, "
+                   f"more than the {PROMOTION_TOLERANCE:.0%} tolerance. {parent.id} stays current.")
+        self.push_in_background(version.id)
+        return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
+                "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
+                "labeled": int((~unlabeled).sum()), "seconds": round(time.time() - started, 1)}
+
+    # --- Hub -----------------------------------------------------------------------------
+    def push_in_background(self, version_id: str) -> None:
+        if not config.hub_repo_id():
+            return
+        from . import hub
+
+        def run():
+            self.hub_status = f"pushing {version_id}"
+            try:
+                hub.push(self.registry.get(version_id))
+                self.hub_status = f"pushed {version_id}"
+            except hub.HubError as exc:
+                self.hub_status = f"push of {version_id} failed: {exc}"
+                log.warning("push of %s failed: %s", version_id, exc)
+
+        threading.Thread(target=run, daemon=True, name=f"push-{version_id}").start()
+
+    def push(self, version_id: str | None, key: str | None) -> str:
+        self.check_admin(key)
+        from . import hub
+
+        if not config.hub_repo_id():
+            raise UserError("No Hub repository configured: set HF_REPO_ID (and HF_TOKEN).")
+        try:
+            version = self.registry.get(version_id) if version_id else self.registry.current()
+            commit = hub.push(version)
+        except (RegistryError, hub.HubError) as exc:
+            raise UserError(str(exc)) from None
+        return f"Pushed {version.id} to {config.hub_repo_id()} (commit {commit[:10]}, tag {version.id})."
+
+    # --- metrics -------------------------------------------------------------------------
+    def version_metrics(self, version_id: str | None):
+        try:
+            version = self.registry.get(version_id) if version_id else self.registry.current()
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        return version, version.metrics
+
+    def training_distribution(self, version) -> dict[str, int]:
+        meta = version.metadata
+        per_class = meta.get("train_count_per_class")
+        if per_class:
+            return per_class
+        count = meta.get("train_count", 0)
+        return {c: count // len(CLASSES) for c in CLASSES}
