@@ -76,6 +76,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _square(image: Image.Image) -> Image.Image:
+    """The centred square crop: CIFAR-10 pictures are square, so stretching would distort objects."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def to_array(source) -> np.ndarray:
     """Decode `source` (bytes, a path, a PIL image or an HxWx{1,3,4} array) to (32, 32, 3) uint8.
 
@@ -101,7 +109,7 @@ def to_array(source) -> np.ndarray:
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
         if image.size != (SIZE, SIZE):
-            image = ImageOps.fit(image, (SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            image = _square(image).resize((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
         return np.asarray(image, dtype=np.uint8)
     except ImageError:
         raise

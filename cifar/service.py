@@ -156,6 +156,14 @@ class Service:
     def upload_plot(self):
         return evaluate.plot_distribution(self.uploads.counts(), "Uploaded images by class")
 
+    def upload_summary(self, report) -> tuple[str, list[list]]:
+        """A sentence for people and the rejected files as table rows."""
+        total = len(self.uploads.records())
+        text = (f"**{report.accepted} accepted** ({report.labeled} labeled, {report.accepted - report.labeled} unlabeled), "
+                f"{report.duplicates} duplicates skipped, **{len(report.rejected)} rejected**. "
+                f"The store holds {total} images.")
+        return text, [[r.file, r.reason] for r in report.rejected]
+
     # --- versions ------------------------------------------------------------------------
     def check_admin(self, key: str | None) -> None:
         expected = config.admin_key()
@@ -257,7 +265,9 @@ class Service:
         after = evaluate.evaluate(Predictor(result.model), *data.holdout())
         metadata = {
             "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
-            "train_count": int(len(x_train)), "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
+            "train_count": int(len(x_train)),
+            "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
+            "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
             "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
             "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
             "eval_data": "assets/holdout.npz (2,000 CIFAR-10 test images)", "eval_count": after["count"],
@@ -317,6 +327,48 @@ class Service:
         except RegistryError as exc:
             raise UserError(str(exc)) from None
         return version, version.metrics
+
+    def metrics_view(self, version_id: str | None, compare_id: str | None = None) -> dict:
+        """Everything the Metrics tab shows for a version (and a second one side by side)."""
+        version, metrics = self.version_metrics(version_id)
+        if not metrics:
+            raise UserError(f"Version {version.id} has no metrics.")
+        meta = version.metadata
+        summary = (f"**{version.id}**: accuracy **{metrics['accuracy']:.2%}**, macro F1 {metrics['macro']['f1']:.4f} "
+                   f"on {metrics['count']:,} images ({meta.get('eval_data', 'test split')}); "
+                   f"trained {meta.get('train_seconds', '?')} s on {meta.get('train_count', '?')} images.")
+        rows = [[c, round(r["precision"], 4), round(r["recall"], 4), round(r["f1"], 4), r["support"]]
+                for c, r in metrics["per_class"].items()]
+        rows.append(["macro", *(round(metrics["macro"][k], 4) for k in ("precision", "recall", "f1")), metrics["count"]])
+        compare = []
+        if compare_id:
+            other, other_metrics = self.version_metrics(compare_id)
+            pairs = [("accuracy", metrics["accuracy"], other_metrics.get("accuracy")),
+                     ("macro F1", metrics["macro"]["f1"], other_metrics.get("macro", {}).get("f1"))]
+            pairs += [(f"F1 {c}", metrics["per_class"][c]["f1"], other_metrics.get("per_class", {}).get(c, {}).get("f1"))
+                      for c in CLASSES]
+            compare = [[name, round(a, 4), None if b is None else round(b, 4),
+                        None if b is None else round(a - b, 4)] for name, a, b in pairs]
+        distribution = {"training data": self.training_distribution(version)}
+        distribution.update(self.uploads.counts())
+        return {
+            "summary": summary, "rows": rows, "compare": compare,
+            "confusion": evaluate.plot_confusion(metrics, f"Confusion matrix, {version.id}"),
+            "history": evaluate.plot_history(version.history, f"Training curves, {version.id}"),
+            "distribution": evaluate.plot_distribution(distribution, "Class distribution"),
+            "confidence": evaluate.plot_confidences(metrics.get("confidence_histogram", [0] * 20),
+                                                    "Confidence of predictions on the evaluation images"),
+        }
+
+    def monitoring_view(self) -> tuple[str, list[list]]:
+        rows = self.monitor.snapshot()
+        batching = (f"micro-batching up to {self.batcher.max_batch} images a call "
+                    f"({self.batcher.images} images in {self.batcher.batches} calls so far)"
+                    if self.batcher else "batching off (CIFAR_MAX_BATCH=1)")
+        retrain = "running" if self.retrain_started else "idle"
+        text = (f"Current version **{self._predictor.version}**; up {self.monitor.uptime() / 60:.1f} min; "
+                f"{batching}; retrain {retrain}; Hub: {self.hub_status}.")
+        return text, [[r["endpoint"], r["requests"], r["errors"], r["p50 ms"], r["p95 ms"], r["p99 ms"]] for r in rows]
 
     def training_distribution(self, version) -> dict[str, int]:
         meta = version.metadata

@@ -1,0 +1,197 @@
+"""CIFAR-10 classifier Space: the Gradio UI. Only wiring: every action is a cifar.service call."""
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import functools
+import logging
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from cifar import CLASSES, config
+from cifar.service import Service, UserError
+
+ASSETS = Path(__file__).parent / "assets"
+EXAMPLES = [[str(ASSETS / "examples" / f"{c}.png")] for c in CLASSES]
+VERSION_HEADERS = ["version", "current", "kind", "parent", "accuracy", "evaluated on", "train s"]
+LOCUST_HELP = """### Load test
+```bash
+python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s     # headless; starts the app if needed
+locust -f loadtest/locustfile.py --host http://127.0.0.1:7860     # web UI at http://localhost:8089
+```"""
+
+
+def shown(fn):
+    """Turn the errors a user can cause into a readable message (no stack trace)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    return wrapper
+
+
+def build(service: Service) -> gr.Blocks:
+    def version_choices():
+        return [v.id for v in reversed(service.registry.list())]
+
+    def versions_update():
+        return service.versions_table(), gr.update(choices=version_choices()), gr.update(choices=version_choices())
+
+    @shown
+    def predict(image):
+        # Raw upload payload (preprocess=False): our decoder, not Gradio's, judges the bytes.
+        confidences = service.predict(image.get("path") if isinstance(image, dict) else image)
+        return confidences, service.unsure_note(confidences)
+
+    def bars(label):
+        confidences = {c["label"]: c["confidence"] for c in (label or {}).get("confidences", [])}
+        return pd.DataFrame({"class": list(CLASSES), "confidence": [confidences.get(c, 0.0) for c in CLASSES]})
+
+    @shown
+    def upload(files):
+        report = service.upload(files)
+        text, rejected = service.upload_summary(report)
+        return text, rejected, service.upload_plot()
+
+    @shown
+    def retrain(threshold, epochs, key, progress=gr.Progress()):
+        result = service.retrain(threshold, int(epochs), key, report=lambda f, m: progress(f, desc=m))
+        before, after = result["before"], result["after"]
+        text = (f"### {result['message']}\nNew version **{result['version']}** in {result['seconds']} s: "
+                f"{result['labeled']} labeled uploads, {result['pseudo_used']} of {result['pseudo_candidates']} "
+                f"unlabeled ones pseudo-labeled at >= {threshold:.0%} confidence.")
+        table = [["accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
+                 ["macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)]]
+        return (text, table, *versions_update())
+
+    @shown
+    def rollback(version_id, key):
+        return (service.rollback(version_id or None, key), *versions_update())
+
+    @shown
+    def push(version_id, key):
+        return service.push(version_id or None, key)
+
+    @shown
+    def metrics(version_id, compare_id):
+        view = service.metrics_view(version_id or None, compare_id or None)
+        return (view["summary"], view["rows"], view["compare"], view["confusion"], view["history"],
+                view["distribution"], view["confidence"])
+
+    with gr.Blocks(title="CIFAR-10 classifier") as demo:
+        gr.Markdown("# CIFAR-10 classifier\nClassifies photos into 10 classes: " + ", ".join(CLASSES) +
+                    ". Upload images to retrain it; every model version is kept.")
+        with gr.Tab("Predict"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image")
+                    classify = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=3, label="Top classes")
+                    note = gr.Markdown(label="Note")
+                    chart = gr.BarPlot(x="class", y="confidence", y_lim=[0, 1], label="All ten classes",
+                                       sort=list(CLASSES))
+            gr.Examples(EXAMPLES, inputs=image, label="Examples: one per class")
+            with gr.Accordion("Many images at once", open=False):
+                many = gr.File(file_count="multiple", file_types=["image"], label="Images")
+                classify_many = gr.Button("Classify all")
+                table = gr.Dataframe(headers=["file", "class", "confidence / error"], label="Predictions")
+                csv_file = gr.File(label="CSV download")
+        with gr.Tab("Bulk upload"):
+            gr.Markdown("Up to 1,000 images at a time, as files or one zip. Labels are optional: a class-named "
+                        "folder in the zip (`dog/x.png`) or a class-name prefix (`dog_12.jpg`) labels an image.")
+            upload_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a zip")
+            upload_button = gr.Button("Upload", variant="primary")
+            upload_summary = gr.Markdown(label="Summary")
+            rejected = gr.Dataframe(headers=["file", "reason"], label="Rejected files")
+            upload_plot = gr.Plot(label="Uploads by class")
+        with gr.Tab("Retrain"):
+            with gr.Row():
+                threshold = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Pseudo-label confidence threshold")
+                epochs = gr.Slider(1, 10, value=4, step=1, label="Epochs")
+                admin_key = gr.Textbox("", label="Admin key", type="password",
+                                       visible=config.admin_key() is not None)
+            retrain_button = gr.Button("Retrain on uploads", variant="primary")
+            retrain_summary = gr.Markdown(label="Result")
+            before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out images, before and after")
+            versions = gr.Dataframe(service.versions_table(), headers=VERSION_HEADERS, label="Versions")
+            with gr.Row():
+                rollback_to = gr.Dropdown(version_choices(), label="Version", allow_custom_value=True)
+                rollback_button = gr.Button("Roll back / make current")
+                push_button = gr.Button("Push to the Hub")
+                refresh_versions = gr.Button("Refresh list")
+            version_message = gr.Markdown(label="Message")
+        with gr.Tab("Metrics"):
+            with gr.Row():
+                metrics_version = gr.Dropdown(version_choices(), label="Version (empty: current)",
+                                              allow_custom_value=True)
+                compare_version = gr.Dropdown(version_choices(), label="Compare with", allow_custom_value=True)
+                show_metrics = gr.Button("Show", variant="primary")
+            metrics_summary = gr.Markdown(label="Summary")
+            per_class = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Scores")
+            comparison = gr.Dataframe(headers=["metric", "version", "compared", "difference"], label="Side by side")
+            with gr.Row():
+                confusion_plot, history_plot = gr.Plot(label="Confusion matrix"), gr.Plot(label="Training curves")
+            with gr.Row():
+                distribution_plot, confidence_plot = gr.Plot(label="Class distribution"), gr.Plot(label="Confidence")
+        with gr.Tab("Monitoring"):
+            status = gr.Markdown(label="Status")
+            stats = gr.Dataframe(headers=["endpoint", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"],
+                                 label="Since start")
+            gr.Markdown(LOCUST_HELP)
+            gr.Timer(5).tick(service.monitoring_view, None, [status, stats], api_visibility="private")
+
+        # --- events: each named API endpoint is callable with gradio_client -----------------
+        classify.click(predict, image, [label, note], api_name="predict", concurrency_limit=None,
+                       preprocess=False).then(
+            bars, label, chart, api_visibility="private")
+        image.upload(predict, image, [label, note], api_visibility="private", preprocess=False).then(
+            bars, label, chart, api_visibility="private")
+        classify_many.click(shown(service.predict_files), many, [table, csv_file], api_name="predict_batch")
+        upload_button.click(upload, upload_files, [upload_summary, rejected, upload_plot], api_name="upload")
+        retrain_button.click(retrain, [threshold, epochs, admin_key],
+                             [retrain_summary, before_after, versions, rollback_to, metrics_version],
+                             api_name="retrain")
+        rollback_button.click(rollback, [rollback_to, admin_key], [version_message, versions, rollback_to,
+                                                                   metrics_version], api_name="rollback")
+        push_button.click(push, [rollback_to, admin_key], version_message, api_name="push")
+        refresh_versions.click(service.versions_table, None, versions, api_name="versions")
+        show_metrics.click(metrics, [metrics_version, compare_version],
+                           [metrics_summary, per_class, comparison, confusion_plot, history_plot,
+                            distribution_plot, confidence_plot], api_name="metrics")
+        demo.load(service.monitoring_view, None, [status, stats], api_visibility="private")
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="CIFAR-10 classifier app")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", default=os.environ.get("GRADIO_SHARE", "").lower() == "true")
+    parser.add_argument("--mcp", action="store_true", default=os.environ.get("GRADIO_MCP_SERVER", "").lower() == "true",
+                        help="also serve prediction as an MCP tool")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service()
+    demo = build(service)
+    demo.queue(default_concurrency_limit=4)
+    launch = dict(server_name=args.host, server_port=args.port, show_error=True, max_file_size="100mb",
+                  allowed_paths=[str(ASSETS)], blocked_paths=[str(config.home())], mcp_server=args.mcp)
+    try:
+        demo.launch(share=args.share, **launch)
+    except Exception as exc:
+        if not args.share:
+            raise
+        # Offline or blocked: say so plainly and keep serving on the local address.
+        print(f"Could not create a public share link ({exc.__class__.__name__}); serving locally only.", flush=True)
+        demo.launch(share=False, **launch)
+
+
+if __name__ == "__main__":
+    main()
