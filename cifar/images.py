@@ -14,6 +14,9 @@ MAX_BYTES = 20 * 1024 * 1024        # a phone photo is ~5 MB; larger is refused 
 MAX_PIXELS = 50_000_000             # ~7000x7000; guards against decompression bombs
 
 
+_SIGNATURES = (b"\x89PNG", b"\xff\xd8", b"GIF8", b"RIFF", b"BM", b"II*", b"MM\x00*")
+
+
 class ImageError(ValueError):
     """An input that cannot become an image; the message is safe to show to users."""
 
@@ -54,6 +57,8 @@ def _open(source) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if data.startswith(_SIGNATURES):
+            raise CorruptImageError("corrupt or truncated image") from None
         raise NotAnImageError("not an image (PNG, JPEG, WebP, GIF, BMP or TIFF expected)") from None
     except Image.DecompressionBombError:
         raise ImageTooLargeError(f"too many pixels (limit {MAX_PIXELS:,})") from None

@@ -1,0 +1,42 @@
+"""A few training steps on a few hundred real images give a model that loads back and learns."""
+import numpy as np
+
+from cifar import data, predict, registry, train, versions
+
+
+def test_short_training_learns_and_round_trips(test_split, tmp_path):
+    x, y = test_split
+    picks = data.balanced_subset(y, 30, seed=0)          # 300 real CIFAR-10 images
+    result = train.train_from_scratch(x[picks], y[picks], epochs=8, widths=(32, 64, 64), seed=0)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    model_predictor = predict.Predictor(result.model, tta_level=1)
+    accuracy = (model_predictor.predict_arrays(x[picks]).argmax(1) == y[picks]).mean()
+    assert accuracy > 0.2  # chance is 0.1
+
+    reg = registry.Registry(tmp_path / "reg")
+    version = versions.save_model_version(reg, "scratch", result.model, {"train_count": 300},
+                                          {"accuracy": float(accuracy)}, result.history)
+    loaded = predict.Predictor.load(version.model_path, tta_level=1)
+    np.testing.assert_allclose(loaded.predict_arrays(x[picks[:50]]), model_predictor.predict_arrays(x[picks[:50]]),
+                               atol=1e-5)
+    for name in ("model.keras", "metadata.json", "metrics.json", "history.json", "README.md"):
+        assert (version.path / name).exists()
+    meta = version.metadata
+    assert meta["file_size_bytes"] == version.model_path.stat().st_size and meta["libraries"]["keras"]
+
+
+def test_augmentations_keep_shapes_and_flip_halves():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    mask = rng.random(64) < 0.5
+    even, odd = train.alternating_flip(x, 0, mask), train.alternating_flip(x, 1, mask)
+    assert np.array_equal(even[mask], x[mask, :, ::-1]) and np.array_equal(even[~mask], x[~mask])
+    assert np.array_equal(odd[~mask], x[~mask, :, ::-1])
+    shifted = train.random_translate(x, 2, rng)
+    assert shifted.shape == x.shape and not np.array_equal(shifted, x)
+
+
+def test_pseudo_labels_respect_threshold():
+    p = np.array([[0.95, 0.05] + [0] * 8, [0.6, 0.4] + [0] * 8])
+    labels, mask = train.pseudo_labels(p, 0.9)
+    assert labels.tolist() == [0, 0] and mask.tolist() == [True, False]
