@@ -1,0 +1,107 @@
+"""The real app, started on a free port, driven through every named endpoint with gradio_client."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from cifar import CLASSES
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+def save_cifar_image(x, path):
+    Image.fromarray(x).save(path)
+    return str(path)
+
+
+def test_api_lists_every_endpoint(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/predict", "/predict_batch", "/upload", "/retrain", "/rollback", "/versions", "/metrics",
+            "/push"} <= names
+
+
+def test_predict_real_test_images(client, test_split, tmp_path):
+    x, y = test_split
+    correct = 0
+    for i in range(0, 10000, 1000):  # one image of each class
+        label, note = client.predict(handle_file(save_cifar_image(x[i], tmp_path / f"{i}.png")), api_name="/predict")
+        assert len(label["confidences"]) == 3 and label["label"] in CLASSES
+        correct += label["label"] == CLASSES[y[i]]
+        assert note
+    assert correct >= 8
+
+
+def test_predict_bad_input_is_a_clean_error(client, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(bad)), api_name="/predict")
+    with pytest.raises(Exception, match="No image given"):
+        client.predict(None, api_name="/predict")
+    # The server is still up and serving.
+    label, _ = client.predict(handle_file("assets/examples/ship.png"), api_name="/predict")
+    assert label["label"] in CLASSES
+
+
+def test_predict_batch_table_and_csv(client, test_split, tmp_path):
+    x, _ = test_split
+    files = [handle_file(save_cifar_image(x[i], tmp_path / f"img{i}.png")) for i in (0, 5000, 9000)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    table, csv_path = client.predict(files + [handle_file(str(bad))], api_name="/predict_batch")
+    rows = table["data"]
+    assert len(rows) == 4 and rows[-1][1] == "error" and "corrupt" in rows[-1][2]
+    assert all(r[1] in CLASSES for r in rows[:3])
+    assert open(csv_path).read().startswith("file,class,confidence_or_error")
+
+
+def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):
+    x, y = test_split
+    buffer = tmp_path / "upload.zip"
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(0, 10000, 250):          # 40 labeled images in class folders
+            png = io.BytesIO()
+            Image.fromarray(x[i]).save(png, "PNG")
+            archive.writestr(f"{CLASSES[y[i]]}/{i}.png", png.getvalue())
+        for i in range(7, 10000, 500):          # 20 unlabeled
+            png = io.BytesIO()
+            Image.fromarray(x[i]).save(png, "PNG")
+            archive.writestr(f"misc/{i}.png", png.getvalue())
+        archive.writestr("../escape.png", b"x")
+        archive.writestr("readme.txt", b"hello")
+    summary, rejected, _ = client.predict([handle_file(str(buffer))], api_name="/upload")
+    assert "**60 accepted** (40 labeled, 20 unlabeled)" in summary
+    assert sorted(r[0] for r in rejected["data"]) == ["../escape.png", "readme.txt"]
+
+    before = client.predict(api_name="/versions")["data"]
+    result = client.predict(0.8, 1, "", api_name="/retrain")
+    text, comparison = result[0], result[1]
+    assert "New version" in text and ("Promoted" in text or "Not promoted" in text)
+    after = client.predict(api_name="/versions")["data"]
+    assert len(after) == len(before) + 1
+    new_id = after[0][0]
+    assert new_id.endswith("-retrain") and comparison["data"][0][0] == "accuracy"
+
+    summary, scores, side, *plots = client.predict(new_id, before[0][0], api_name="/metrics")
+    assert new_id in summary and len(scores["data"]) == 11 and side["data"][0][0] == "accuracy"
+    assert all(p is not None for p in plots)
+
+    previous = [r[0] for r in before if r[1] == "yes"][0]
+    message, *_ = client.predict(previous, "", api_name="/rollback")
+    assert previous in message
+    assert [r[0] for r in client.predict(api_name="/versions")["data"] if r[1] == "yes"] == [previous]
+
+
+def test_second_retrain_while_one_runs_is_refused(client):
+    first = client.submit(0.8, 1, "", api_name="/retrain")
+    import time
+    time.sleep(1.0)
+    with pytest.raises(Exception, match="already running"):
+        client.predict(0.8, 1, "", api_name="/retrain")
+    first.result(timeout=600)

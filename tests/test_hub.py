@@ -1,0 +1,95 @@
+"""Push and pull through the real huggingface_hub client against a local Hub-compatible server."""
+import numpy as np
+import pytest
+
+from cifar import data, predict, train, versions
+from cifar.registry import Registry
+
+from hub_server import HubServer
+
+TOKEN = "hf_localtestsecret1234567890"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    server = HubServer(token=TOKEN).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_REPO_ID", "cifar-team/cifar10-classifier")
+    import huggingface_hub.constants as constants  # read at import time: point them at the server
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory, test_split):
+    """Two small real models trained for a few steps, in a registry."""
+    x, y = test_split
+    picks = data.balanced_subset(y, 20, seed=0)
+    reg = Registry(tmp_path_factory.mktemp("hubreg"))
+    made = []
+    for seed in (0, 1):
+        result = train.train_from_scratch(x[picks], y[picks], epochs=2, widths=(16, 32, 32), seed=seed)
+        made.append(versions.save_model_version(reg, f"scratch{seed}", result.model, {"train_count": 200},
+                                                {"accuracy": 0.5, "per_class": {}}, result.history))
+    return reg, made
+
+
+def test_round_trip_two_versions(hub, two_versions, test_split, tmp_path):
+    from cifar import hub as cifar_hub
+
+    reg, (old, new) = two_versions
+    for version in (old, new):
+        cifar_hub.push(version)
+    assert cifar_hub.tags() == sorted([old.id, new.id])
+    repo = hub.repos["cifar-team/cifar10-classifier"]
+    assert len(repo.commits) == 2
+    card = repo.commits[0]["files"]["README.md"][0].decode()
+    assert card.startswith("---\n") and "library_name: keras" in card and "model-index" in card
+
+    fresh = Registry(tmp_path / "fresh")
+    pulled = cifar_hub.pull(fresh, old.id)
+    assert pulled.id == old.id and [v.id for v in fresh.list()] == [old.id]
+    x, _ = test_split
+    sample = x[::250]
+    local = predict.Predictor.load(old.model_path).predict_arrays(sample)
+    remote = predict.Predictor.load(pulled.model_path).predict_arrays(sample)
+    np.testing.assert_array_equal(local, remote)
+    assert not np.allclose(remote, predict.Predictor.load(new.model_path).predict_arrays(sample))
+
+
+def test_wrong_token_gives_a_clear_error_without_the_token(hub, two_versions, monkeypatch):
+    from cifar import hub as cifar_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrongtoken0987654321")
+    with pytest.raises(cifar_hub.HubError) as info:
+        cifar_hub.push(two_versions[1][0])
+    assert "token" in str(info.value) and "hf_wrongtoken" not in str(info.value)
+
+
+def test_server_dying_mid_push_loses_nothing_and_retry_succeeds(hub, two_versions):
+    from cifar import hub as cifar_hub
+
+    reg, (old, _) = two_versions
+    before = {p.name: p.read_bytes() for p in old.path.iterdir()}
+    hub.fail_uploads = 100  # every LFS upload drops the connection
+    with pytest.raises(cifar_hub.HubError):
+        cifar_hub.push(old)
+    assert {p.name: p.read_bytes() for p in old.path.iterdir()} == before
+    assert old.id not in cifar_hub.tags()
+    hub.fail_uploads = 0
+    commit = cifar_hub.push(old)
+    assert cifar_hub.tags() == [old.id] and len(commit) == 40
+
+
+def test_missing_tag(hub, two_versions, tmp_path):
+    from cifar import hub as cifar_hub
+
+    cifar_hub.push(two_versions[1][0])
+    with pytest.raises(cifar_hub.HubError, match="no such version"):
+        cifar_hub.pull(Registry(tmp_path / "r"), "20990101T000000Z-none")
