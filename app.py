@@ -45,6 +45,13 @@ def build(service: Service) -> gr.Blocks:
 
     @shown
     def predict(image):
+        """Classify one image (any size; PNG, JPEG, WebP, GIF, BMP or TIFF) into one of the CIFAR-10 classes.
+
+        Args:
+            image: the image file to classify.
+        Returns:
+            The top classes with their confidences, and a one-line note.
+        """
         # Raw upload payload (preprocess=False): our decoder, not Gradio's, judges the bytes.
         confidences = service.predict(image.get("path") if isinstance(image, dict) else image)
         return confidences, service.unsure_note(confidences)

@@ -2,7 +2,7 @@
 
 | variable            | default            | meaning                                                  |
 |---------------------|--------------------|----------------------------------------------------------|
-| CIFAR_HOME          | ./data             | all state the app writes: uploads, model versions, logs  |
+| CIFAR_HOME          | ./data (/data on a Space with persistent storage) | all state the app writes: uploads, model versions, logs  |
 | CIFAR_DATA          | ../shared/cifar10  | CIFAR-10 folder used for training and evaluation         |
 | CIFAR_SHIPPED       | ./models           | the model versions shipped with the code (read-only)      |
 | CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push require it               |
@@ -23,8 +23,9 @@ def _path(name: str, default: Path) -> Path:
 
 
 def home() -> Path:
-    """The data directory; created on first use."""
-    path = _path("CIFAR_HOME", ROOT / "data")
+    """The data directory; created on first use. On a Space with persistent storage: /data."""
+    on_space_storage = os.environ.get("SPACE_ID") and os.access("/data", os.W_OK)
+    path = _path("CIFAR_HOME", Path("/data") if on_space_storage else ROOT / "data")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -1,0 +1,168 @@
+"""Run the Locust load test headless and report it.
+
+    python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s
+    python loadtest/run.py --compare-batching          # (a) one image per model call vs (b) batched
+    python loadtest/run.py --host http://127.0.0.1:7860 --duration 15s --fail-on-error
+
+Without --host it starts the app (on the shipped model, in a temporary CIFAR_HOME) on a free
+port and stops it afterwards. Writes Locust's CSV and HTML report and a PNG of throughput and
+latency over time into --out, and prints a one-line summary per run.
+"""
+import argparse
+import csv
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class App:
+    """The app in a subprocess, for the length of one run."""
+
+    def __init__(self, env: dict):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.home = tempfile.mkdtemp(prefix="cifar-loadtest-")
+        self.started = time.time()
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port)], cwd=ROOT,
+                                     env={**os.environ, "CIFAR_HOME": self.home, "GRADIO_ANALYTICS_ENABLED": "False",
+                                          **env},
+                                     stdout=open(Path(self.home) / "app.log", "w"), stderr=subprocess.STDOUT)
+        while True:
+            if self.proc.poll() is not None:
+                sys.exit(f"the app exited; see {self.home}/app.log")
+            try:
+                if httpx.get(f"{self.url}/gradio_api/info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.ready_seconds = time.time() - self.started
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_locust(host: str, users: int, spawn_rate: float, duration: str, out: Path, label: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / label
+    subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
+                    "-r", str(spawn_rate), "-t", duration, "--host", host, "--csv", str(prefix),
+                    "--csv-full-history", "--html", str(out / f"{label}.html"), "--only-summary",
+                    "--stop-timeout", "10", "--loglevel", "WARNING"], check=False)
+    return prefix
+
+
+def read_stats(prefix: Path) -> dict[str, dict]:
+    with open(f"{prefix}_stats.csv") as handle:
+        return {row["Name"]: row for row in csv.DictReader(handle)}
+
+
+def plot_history(prefix: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(f"{prefix}_stats_history.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["Name"] == "Aggregated"]
+    start = int(rows[0]["Timestamp"]) if rows else 0
+    t = [int(r["Timestamp"]) - start for r in rows]
+    number = lambda r, k: float(r[k]) if r[k] not in ("", "N/A") else float("nan")  # noqa: E731
+    fig, (rate, latency) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    rate.plot(t, [number(r, "Requests/s") for r in rows], label="HTTP requests/s")
+    rate.plot(t, [number(r, "Failures/s") for r in rows], label="failures/s", color="red")
+    rate.set_ylabel("per second"), rate.legend(), rate.grid(alpha=0.3)
+    for key in ("50%", "95%", "99%"):
+        latency.plot(t, [number(r, key) for r in rows], label=f"p{key[:-1]}")
+    latency.set_ylabel("ms (HTTP requests)"), latency.set_xlabel("seconds"), latency.legend(), latency.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(f"{prefix}_over_time.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summarize(stats: dict[str, dict], label: str) -> tuple[str, dict]:
+    flow = stats.get("predict round trip", {})
+    total = stats["Aggregated"]
+    failures = sum(int(r["Failure Count"]) for name, r in stats.items() if name != "Aggregated")
+    numbers = {"predict_rps": float(flow.get("Requests/s", 0) or 0), "p50": flow.get("50%"), "p95": flow.get("95%"),
+               "p99": flow.get("99%"), "failures": failures, "http_rps": float(total["Requests/s"])}
+    line = (f"{label}: predict round trips {numbers['predict_rps']:.1f}/s, p50 {numbers['p50']} ms, "
+            f"p95 {numbers['p95']} ms, p99 {numbers['p99']} ms; all HTTP requests {numbers['http_rps']:.1f}/s; "
+            f"failures {failures}")
+    return line, numbers
+
+
+def one_run(args, label: str, app_env: dict | None) -> dict:
+    app = None if args.host else App(app_env or {})
+    host = args.host or app.url
+    try:
+        rss_before = app.rss_mb() if app else None
+        prefix = run_locust(host, args.users, args.spawn_rate, args.duration, args.out, label)
+        rss_after = app.rss_mb() if app else None
+    finally:
+        if app:
+            app.stop()
+    plot_history(prefix, f"{label}: {args.users} users, {args.duration}")
+    line, numbers = summarize(read_stats(prefix), label)
+    if app:
+        line += f"; app ready in {app.ready_seconds:.1f} s, RSS {rss_before:.0f} -> {rss_after:.0f} MB"
+    print(line, flush=True)
+    return numbers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", help="an app already running (default: start one)")
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--spawn-rate", type=float, default=8)
+    parser.add_argument("--duration", default="60s")
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" /
+                        datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="run twice: CIFAR_MAX_BATCH=1 (one image per call), then batched")
+    parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
+    args = parser.parse_args()
+    if args.compare_batching:
+        if args.host:
+            sys.exit("--compare-batching starts its own apps; leave out --host")
+        unbatched = one_run(args, "unbatched", {"CIFAR_MAX_BATCH": "1"})
+        batched = one_run(args, "batched", {"CIFAR_MAX_BATCH": "32"})
+        ratio = batched["predict_rps"] / max(unbatched["predict_rps"], 1e-9)
+        print(f"batched / unbatched predict throughput: {ratio:.2f}x", flush=True)
+        failures = unbatched["failures"] + batched["failures"]
+    else:
+        failures = one_run(args, "run", None)["failures"]
+    print(f"reports in {args.out}")
+    if args.fail_on_error and failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
