@@ -109,6 +109,33 @@ def cmd_pull(args) -> None:
     print(f"pulled {version.id} into {version.path}")
 
 
+def cmd_bench_retrain_time(args) -> None:
+    """Upload N unlabeled test images through the upload store and time one app retrain."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from . import data
+    from .service import Service
+
+    os.environ["CIFAR_HOME"] = tempfile.mkdtemp(prefix="bench-home-")  # leave the user's data alone
+    x, y = data.load(args.data, "test")
+    picks = data.balanced_subset(y, args.images // 10, seed=2)
+    folder = Path(tempfile.mkdtemp(prefix="bench-uploads-"))
+    paths = []
+    for i in picks:
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(x[i]).save(paths[-1])
+    service = Service()
+    report = service.upload(paths)
+    started = time.time()
+    result = service.retrain(report=_print_progress)
+    print(f"\nretrain on {report.accepted} uploaded images ({result['pseudo_used']} pseudo-labeled) took "
+          f"{time.time() - started:.0f} s; held-out accuracy {result['before']['accuracy']:.4f} -> "
+          f"{result['after']['accuracy']:.4f}; {result['message']}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cifar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +145,10 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_train)
+    p = commands.add_parser("bench-retrain-time", help="time one app retrain on N uploaded images")
+    p.add_argument("--data", default=None)
+    p.add_argument("--images", type=int, default=1000)
+    p.set_defaults(run=cmd_bench_retrain_time)
     p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")
     p.add_argument("--data", default=None)

@@ -107,12 +107,9 @@ def holdout() -> tuple[np.ndarray, np.ndarray]:
 
 
 def replay(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`count` original training images mixed into retraining so the model does not forget:
-    from the CIFAR-10 folder when it is there, else from the sample shipped in assets/."""
-    try:
-        x, y = load_folder(config.dataset_dir(), "train")
-    except DatasetError:
-        x, y = load_npz(replay_path())
+    """`count` original training images mixed into retraining so the model does not forget,
+    from the 3,000 shipped in assets/ (so a fresh offline Space retrains the same way)."""
+    x, y = load_npz(replay_path())
     picks = balanced_subset(y, min(count // len(CLASSES), int(np.bincount(y).min())), seed)
     return x[picks], y[picks]
 

@@ -243,6 +243,7 @@ class Service:
             raise UserError("Nothing to retrain on: upload images first (Bulk upload tab).")
         parent = self.registry.current()
         serving = self._predictor
+        log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
         report(0.02, "pseudo-labelling unlabeled uploads")
         unlabeled = y_up < 0
         probabilities = serving.predict_arrays(x_up[unlabeled]) if unlabeled.any() else np.zeros((0, 10))
@@ -272,6 +273,7 @@ class Service:
             "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
             "eval_data": "assets/holdout.npz (2,000 CIFAR-10 test images)", "eval_count": after["count"],
         }
+        log.info("retrain trained in %.0f s; saving the new version", result.seconds)
         version = versions.save_model_version(self.registry, "retrain", result.model, metadata, after, result.history)
         self.holdout_accuracy(version.id, Predictor(result.model))  # cache what we just measured
         promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
