@@ -136,6 +136,14 @@ def cmd_bench_retrain_time(args) -> None:
           f"{result['after']['accuracy']:.4f}; {result['message']}")
 
 
+def cmd_bench_retrain(args) -> None:
+    from . import bench_retrain
+
+    shifts = args.shifts.split(",") if args.shifts else list(bench_retrain.SHIFTS)
+    bench_retrain.run(shifts, args.data, Path(args.out), args.images)
+    print((Path(args.out) / "bench_retrain.md").read_text())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cifar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +157,12 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--images", type=int, default=1000)
     p.set_defaults(run=cmd_bench_retrain_time)
+    p = commands.add_parser("bench-retrain", help="distribution-shift benchmark of retraining")
+    p.add_argument("--data", default=None)
+    p.add_argument("--shifts", default=None, help="comma-separated subset of noise,blur,contrast,haze,jpeg")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--out", default="data/bench-retrain")
+    p.set_defaults(run=cmd_bench_retrain)
     p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")
     p.add_argument("--data", default=None)

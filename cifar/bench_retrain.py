@@ -1,0 +1,137 @@
+"""Distribution-shift benchmark of retraining: does a retrain on unlabeled uploads learn?
+
+The 10,000 test images split class-balanced into a 'field' half and an 'eval' half. For each
+shift, 1,000 shifted field images go, unlabeled, through the app's own upload and retrain code;
+the retrained version is scored on the shifted and the clean eval half.
+
+    python -m cifar bench-retrain [--shifts noise,blur,contrast,haze,jpeg] [--out DIR]
+"""
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from . import CLASSES, data, evaluate, train
+
+# Each at a strength meant to cost the shipped model 10 points or more (the table shows the cost).
+SHIFTS = {
+    "noise": "gaussian noise, sigma 0.1 of the range",
+    "blur": "gaussian blur, radius 1.2 px",
+    "contrast": "contrast cut to 25%",
+    "haze": "a bright, uneven veil over 55% of the picture",
+    "jpeg": "JPEG quality 10",
+}
+
+
+def apply_shift(name: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = x.astype(np.float32)
+    if name == "noise":
+        out = pixels + rng.normal(0, 25.5, x.shape)
+    elif name == "contrast":
+        mean = pixels.mean(axis=(1, 2, 3), keepdims=True)
+        out = mean + (pixels - mean) * 0.25
+    elif name == "haze":
+        veil = rng.normal(0, 1, (len(x), 4, 4, 1)).astype(np.float32)
+        veil = np.stack([np.asarray(Image.fromarray(v[:, :, 0]).resize((32, 32), Image.Resampling.BICUBIC))
+                         for v in veil])[..., None]
+        alpha = np.clip(0.55 + 0.1 * veil, 0.3, 0.8)
+        out = pixels * (1 - alpha) + 225 * alpha
+    elif name == "blur":
+        return np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(1.2))) for i in x])
+    elif name == "jpeg":
+        def recode(i):
+            buffer = io.BytesIO()
+            Image.fromarray(i).save(buffer, format="JPEG", quality=10)
+            return np.asarray(Image.open(buffer).convert("RGB"))
+        return np.stack([recode(i) for i in x])
+    else:
+        raise ValueError(f"unknown shift {name!r}; known: {', '.join(SHIFTS)}")
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def accuracy(predictor, x, y) -> float:
+    return float((predictor.predict_arrays(x).argmax(1) == y).mean())
+
+
+def run(shifts: list[str], source, out: Path, field_count: int = 1000, report=print) -> list[dict]:
+    from .predict import Predictor
+    from .registry import Registry
+    from .service import Service
+
+    x, y = data.load(source, "test")
+    field = data.balanced_subset(y, len(y) // 20, seed=0)              # half of each class
+    evaluation = np.setdiff1d(np.arange(len(y)), field)
+    uploads = data.balanced_subset(y[field], field_count // len(CLASSES), seed=1)
+    x_field, y_field = x[field][uploads], y[field][uploads]
+    x_eval, y_eval = x[evaluation], y[evaluation]
+    rows = []
+    for shift in shifts:
+        os.environ["CIFAR_HOME"] = tempfile.mkdtemp(prefix=f"bench-{shift}-")
+        service = Service()
+        shipped = service.predictor
+        shifted_field = apply_shift(shift, x_field, seed=1)
+        shifted_eval = apply_shift(shift, x_eval, seed=2)
+        probabilities = shipped.predict_arrays(shifted_field)
+        labels, confident = train.pseudo_labels(probabilities, train.RETRAIN["threshold"])
+        folder = Path(os.environ["CIFAR_HOME"]) / "incoming"
+        folder.mkdir()
+        paths = []
+        for i, image in enumerate(shifted_field):  # no labels anywhere: plain names
+            paths.append(folder / f"img{i:04d}.png")
+            Image.fromarray(image).save(paths[-1])
+        service.upload(paths)
+        started = time.time()
+        result = service.retrain()
+        seconds = time.time() - started
+        retrained = Predictor.load(Registry(Path(os.environ["CIFAR_HOME"]) / "models").get(result["version"]).model_path)
+        row = {
+            "shift": shift, "description": SHIFTS[shift],
+            "shifted_before": accuracy(shipped, shifted_eval, y_eval),
+            "shifted_after": accuracy(retrained, shifted_eval, y_eval),
+            "clean_before": accuracy(shipped, x_eval, y_eval),
+            "clean_after": accuracy(retrained, x_eval, y_eval),
+            "pseudo_coverage": float(confident.mean()),
+            "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
+            "retrain_seconds": round(seconds, 1), "promoted": result["promoted"],
+        }
+        lost = row["clean_before"] - row["shifted_before"]
+        row["recovered_fraction"] = (row["shifted_after"] - row["shifted_before"]) / lost if lost > 0 else None
+        row["passes"] = bool(row["recovered_fraction"] is not None and row["recovered_fraction"] >= 0.5
+                             and row["clean_before"] - row["clean_after"] <= 0.005 and seconds <= 180)
+        rows.append(row)
+        report(f"{shift}: shifted {row['shifted_before']:.4f} -> {row['shifted_after']:.4f}, clean "
+               f"{row['clean_before']:.4f} -> {row['clean_after']:.4f}, pseudo {row['pseudo_coverage']:.0%} covered "
+               f"at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s, promoted {row['promoted']}")
+    write_report(rows, out)
+    return rows
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_retrain.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| shift | shifted eval before | after | clean eval before | after | recovered | pseudo-labels: "
+             "coverage, accuracy | retrain s | promoted | passes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        recovered = f"{r['recovered_fraction']:.0%}" if r["recovered_fraction"] is not None else "-"
+        lines.append(f"| {r['shift']} ({r['description']}) | {r['shifted_before']:.2%} | {r['shifted_after']:.2%} | "
+                     f"{r['clean_before']:.2%} | {r['clean_after']:.2%} | {recovered} | {r['pseudo_coverage']:.0%}, "
+                     f"{(r['pseudo_accuracy'] or 0):.1%} | {r['retrain_seconds']} | {r['promoted']} | "
+                     f"{'yes' if r['passes'] else 'no'} |")
+    (out / "bench_retrain.md").write_text("\n".join(lines) + "\n")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    positions = np.arange(len(rows))
+    for offset, key, name in ((-0.3, "shifted_before", "shifted, before"), (-0.1, "shifted_after", "shifted, after"),
+                              (0.1, "clean_before", "clean, before"), (0.3, "clean_after", "clean, after")):
+        ax.bar(positions + offset, [r[key] for r in rows], 0.2, label=name)
+    ax.set_xticks(positions, [r["shift"] for r in rows]), ax.set_ylabel("accuracy on the eval half")
+    ax.set_ylim(0, 1), ax.legend(ncol=4, fontsize=8, loc="lower center"), ax.set_title("Retraining on 1,000 unlabeled shifted images")
+    fig.tight_layout()
+    evaluate.save_png(fig, out / "bench_retrain.png")
