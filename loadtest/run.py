@@ -30,28 +30,36 @@ def free_port() -> int:
 
 
 class App:
-    """The app in a subprocess, for the length of one run."""
+    """The app in a subprocess on a free port (also the test suite's way to start it)."""
 
-    def __init__(self, env: dict):
-        import httpx
-
+    def __init__(self, env: dict | None = None, home=None, timeout: float = 180):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.home = tempfile.mkdtemp(prefix="cifar-loadtest-")
+        self.home = Path(home or tempfile.mkdtemp(prefix="cifar-loadtest-"))
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log = self.home.parent / f"app-{self.port}.log"
         self.started = time.time()
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port)], cwd=ROOT,
-                                     env={**os.environ, "CIFAR_HOME": self.home, "GRADIO_ANALYTICS_ENABLED": "False",
-                                          **env},
-                                     stdout=open(Path(self.home) / "app.log", "w"), stderr=subprocess.STDOUT)
-        while True:
+                                     env={**os.environ, "CIFAR_HOME": str(self.home), "GRADIO_ANALYTICS_ENABLED": "False",
+                                          **(env or {})},
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+        self.ready_seconds = time.time() - self.started
+
+    def _wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
             if self.proc.poll() is not None:
-                sys.exit(f"the app exited; see {self.home}/app.log")
+                raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/gradio_api/info", timeout=2).status_code == 200:
-                    break
+                    return
             except httpx.HTTPError:
                 time.sleep(0.3)
-        self.ready_seconds = time.time() - self.started
+        self.stop()
+        raise TimeoutError(f"the app was not ready in {timeout:.0f} s: {self.log.read_text()[-3000:]}")
 
     def rss_mb(self) -> float:
         import psutil
@@ -120,7 +128,7 @@ def summarize(stats: dict[str, dict], label: str) -> tuple[str, dict]:
 
 
 def one_run(args, label: str, app_env: dict | None) -> dict:
-    app = None if args.host else App(app_env or {})
+    app = None if args.host else App(app_env)
     host = args.host or app.url
     try:
         rss_before = app.rss_mb() if app else None

@@ -1,8 +1,5 @@
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CIFAR_DATA", ROOT.parent / "shared" / "cifar10"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "loadtest"))
+
+from run import App  # noqa: E402  (one way to start the app, shared with the load test)
 
 
 @pytest.fixture(autouse=True)
@@ -39,43 +39,11 @@ def test_split(cifar_data, tmp_path_factory):
     return data.load_folder(cifar_data, "test")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class AppProcess(App):
+    """The real app (python app.py) on a free port with its own CIFAR_HOME."""
 
-
-class AppProcess:
     def __init__(self, home: Path, env: dict | None = None):
-        self.home, self.port = home, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = home.parent / f"app-{self.port}.log"
-        full_env = {**os.environ, "CIFAR_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port)],
-                                     cwd=ROOT, env=full_env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/gradio_api/info", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"app not ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(env, home=home)
 
 
 @pytest.fixture(scope="session")
