@@ -3,6 +3,8 @@
     python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s
     python loadtest/run.py --compare-batching          # (a) one image per model call vs (b) batched
     python loadtest/run.py --host http://127.0.0.1:7860 --duration 15s --fail-on-error
+    python loadtest/run.py --duration 10m                  # soak: reports memory after warm-up and at the end
+    python loadtest/run.py --retrain-during --duration 90s # predictions while a retrain runs
 
 Without --host it starts the app (on the shipped model, in a temporary CIFAR_HOME) on a free
 port and stops it afterwards. Writes Locust's CSV and HTML report and a PNG of throughput and
@@ -127,20 +129,78 @@ def summarize(stats: dict[str, dict], label: str) -> tuple[str, dict]:
     return line, numbers
 
 
+class MemorySampler:
+    """Resident memory of the app every few seconds, to tell warm-up from growth."""
+
+    def __init__(self, app: App, every: float = 5.0):
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(app, every), daemon=True)
+        self._thread.start()
+
+    def _run(self, app: App, every: float) -> None:
+        started = time.time()
+        while not self._stop.wait(every):
+            try:
+                self.samples.append((time.time() - started, app.rss_mb()))
+            except Exception:  # the process is gone
+                return
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        if len(self.samples) < 4:
+            return ""
+        warm = next((mb for t, mb in self.samples if t >= min(60.0, self.samples[-1][0] / 4)), self.samples[0][1])
+        end = self.samples[-1][1]
+        return f"RSS after warm-up {warm:.0f} MB -> end {end:.0f} MB ({100 * (end - warm) / warm:+.1f}%)"
+
+
+def retrain_during(host: str, delay: float):
+    """Upload 200 labeled test images and start one retrain while the load runs."""
+    import threading
+
+    def run():
+        from gradio_client import Client, handle_file
+        from PIL import Image
+
+        time.sleep(delay)
+        folder = Path(tempfile.mkdtemp(prefix="retrain-during-"))
+        names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        files = []
+        for i in range(200):
+            files.append(folder / f"{names[i % 10]}_{i}.png")
+            Image.effect_noise((32, 32), 40 + i % 30).convert("RGB").save(files[-1])
+        client = Client(host, verbose=False)
+        client.predict([handle_file(str(f)) for f in files], api_name="/upload")
+        started = time.time()
+        message = client.predict(0.9, 2, os.environ.get("CIFAR_ADMIN_KEY", ""), api_name="/retrain")[0]
+        print(f"retrain during the load: {time.time() - started:.0f} s; {message.splitlines()[0]}", flush=True)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def one_run(args, label: str, app_env: dict | None) -> dict:
     app = None if args.host else App(app_env)
     host = args.host or app.url
+    memory = MemorySampler(app) if app else None
     try:
-        rss_before = app.rss_mb() if app else None
+        retrain = retrain_during(host, delay=5.0) if args.retrain_during else None
         prefix = run_locust(host, args.users, args.spawn_rate, args.duration, args.out, label)
-        rss_after = app.rss_mb() if app else None
+        if retrain:
+            retrain.join(600)  # report how it ended before the app stops
     finally:
+        memory_line = memory.stop() if memory else ""
         if app:
             app.stop()
     plot_history(prefix, f"{label}: {args.users} users, {args.duration}")
     line, numbers = summarize(read_stats(prefix), label)
     if app:
-        line += f"; app ready in {app.ready_seconds:.1f} s, RSS {rss_before:.0f} -> {rss_after:.0f} MB"
+        line += f"; app ready in {app.ready_seconds:.1f} s; {memory_line}"
     print(line, flush=True)
     return numbers
 
@@ -156,6 +216,8 @@ def main() -> None:
     parser.add_argument("--compare-batching", action="store_true",
                         help="run twice: CIFAR_MAX_BATCH=1 (one image per call), then batched")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
+    parser.add_argument("--retrain-during", action="store_true",
+                        help="upload 200 images and run a retrain while the load runs")
     args = parser.parse_args()
     if args.compare_batching:
         if args.host:
