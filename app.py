@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from cifar import CLASSES, config
+from cifar import CLASSES, config, train
 from cifar.service import Service, UserError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -120,8 +120,9 @@ def build(service: Service) -> gr.Blocks:
             upload_plot = gr.Plot(label="Uploads by class")
         with gr.Tab("Retrain"):
             with gr.Row():
-                threshold = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Pseudo-label confidence threshold")
-                epochs = gr.Slider(1, 10, value=4, step=1, label="Epochs")
+                threshold = gr.Slider(0.3, 0.99, value=train.RETRAIN["threshold"], step=0.01,
+                                      label="Pseudo-label confidence threshold")
+                epochs = gr.Slider(1, 10, value=train.RETRAIN["epochs"], step=1, label="Epochs")
                 admin_key = gr.Textbox("", label="Admin key", type="password",
                                        visible=config.admin_key() is not None)
             retrain_button = gr.Button("Retrain on uploads", variant="primary")
@@ -173,6 +174,7 @@ def build(service: Service) -> gr.Blocks:
                            [metrics_summary, per_class, comparison, confusion_plot, history_plot,
                             distribution_plot, confidence_plot], api_name="metrics")
         demo.load(service.monitoring_view, None, [status, stats], api_visibility="private")
+        demo.load(versions_update, None, [versions, rollback_to, metrics_version], api_visibility="private")
     return demo
 
 

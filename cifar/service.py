@@ -148,10 +148,8 @@ class Service:
             raise UserError("No files given: choose images or one zip of images.")
         from .registry import new_version_id
 
-        report = self.uploads.add(paths, batch=new_version_id("upload"),
-                                  predict=lambda x: self._predictor.predict_arrays(x).argmax(axis=1))
-        self.monitor.record("upload", 0.0, ok=report.accepted > 0)
-        return report
+        return self._timed("upload", lambda: self.uploads.add(
+            paths, batch=new_version_id("upload"), predict=lambda x: self._predictor.predict_arrays(x).argmax(axis=1)))
 
     def upload_plot(self):
         return evaluate.plot_distribution(self.uploads.counts(), "Uploaded images by class")
@@ -263,7 +261,7 @@ class Service:
                                 report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
         report(0.82, "judging the new version on held-out images")
         before = self.holdout_accuracy(parent.id, serving)
-        after = evaluate.evaluate(Predictor(result.model), *data.holdout())
+        after = evaluate.evaluate(Predictor(result.model, tta_level=self.tta_level), *data.holdout())
         metadata = {
             "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
             "train_count": int(len(x_train)),
@@ -275,7 +273,7 @@ class Service:
         }
         log.info("retrain trained in %.0f s; saving the new version", result.seconds)
         version = versions.save_model_version(self.registry, "retrain", result.model, metadata, after, result.history)
-        self.holdout_accuracy(version.id, Predictor(result.model))  # cache what we just measured
+        self.holdout_accuracy(version.id, Predictor(result.model, tta_level=self.tta_level))  # cache it
         promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
         if promoted:
             reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
