@@ -1,6 +1,5 @@
 """The micro-batcher gathers concurrent requests into shared network calls, each caller keeping
 its own result, and an error reaches only the calls of its batch; the worker survives it."""
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
