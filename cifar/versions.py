@@ -17,6 +17,12 @@ def library_versions() -> dict:
             "tensorflow": tensorflow.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
+def shell_command() -> str:
+    """The command line as typed: `python -m cifar ...` rather than the module's file path."""
+    program = "python -m cifar" if sys.argv[0].endswith("__main__.py") else f"python {sys.argv[0]}"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def machine() -> str:
     import os
 
@@ -28,7 +34,7 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
     """Write model.keras, metadata.json (with file size), metrics.json, history.json and the card."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv), "libraries": library_versions(), "machine": machine(), **metadata}
+                "command": shell_command(), "libraries": library_versions(), "machine": machine(), **metadata}
 
     import keras
 
