@@ -117,7 +117,7 @@ def build(service: Service) -> gr.Blocks:
             upload_button = gr.Button("Upload", variant="primary")
             upload_summary = gr.Markdown(label="Summary")
             rejected = gr.Dataframe(headers=["file", "reason"], label="Rejected files")
-            upload_plot = gr.Plot(label="Uploads by class")
+            upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False)
         with gr.Tab("Retrain"):
             gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels, unlabeled "
                         "ones get the current model's prediction as a label when it is at least as confident as "
@@ -150,9 +150,11 @@ def build(service: Service) -> gr.Blocks:
             per_class = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Scores")
             comparison = gr.Dataframe(headers=["metric", "version", "compared", "difference"], label="Side by side")
             with gr.Row():
-                confusion_plot, history_plot = gr.Plot(label="Confusion matrix"), gr.Plot(label="Training curves")
+                confusion_plot = gr.Image(type="filepath", label="Confusion matrix")
+                history_plot = gr.Image(type="filepath", label="Training curves")
             with gr.Row():
-                distribution_plot, confidence_plot = gr.Plot(label="Class distribution"), gr.Plot(label="Confidence")
+                distribution_plot = gr.Image(type="filepath", label="Class distribution")
+                confidence_plot = gr.Image(type="filepath", label="Confidence")
         with gr.Tab("Monitoring"):
             status = gr.Markdown(label="Status")
             stats = gr.Dataframe(headers=["endpoint", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"],
@@ -196,7 +198,8 @@ def main() -> None:
     demo = build(service)
     demo.queue(default_concurrency_limit=4)
     launch = dict(server_name=args.host, server_port=args.port, show_error=True, max_file_size="100mb",
-                  allowed_paths=[str(ASSETS)], blocked_paths=[str(config.home())], mcp_server=args.mcp)
+                  allowed_paths=[str(ASSETS), str(config.plots_dir())],
+                  blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
     try:
         demo.launch(share=args.share, **launch)
     except Exception as exc:

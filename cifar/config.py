@@ -52,6 +52,13 @@ def cache_dir() -> Path:
     return path
 
 
+def plots_dir() -> Path:
+    """Rendered metric plots: public (the app shows them to everyone), so the app may serve them."""
+    path = cache_dir() / "plots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def admin_key() -> str | None:
     return os.environ.get("CIFAR_ADMIN_KEY") or None
 
