@@ -71,6 +71,16 @@ def cmd_evaluate(args) -> None:
     print(f"wrote evaluation.json and eval_*.png in {out}")
 
 
+def cmd_bench_serving(args) -> None:
+    from . import predict
+
+    predictor = predict.Predictor.load(_model_file(args.model), tta_level=args.tta)
+    predictor.warm_up()
+    for batch, numbers in predict.measure_serving(predictor).items():
+        print(f"batch {batch:>3}: {numbers['latency_ms_p50']:8.1f} ms a call, {numbers['images_per_s']:6.1f} images/s "
+              f"(network + TTA level {args.tta})")
+
+
 def _registry(args):
     from . import registry
 
@@ -153,6 +163,10 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_train)
+    p = commands.add_parser("bench-serving", help="latency and throughput of the network at batch 1, 32, 256")
+    p.add_argument("--model", required=True, help="a model.keras file or a version folder")
+    p.add_argument("--tta", type=int, default=2)
+    p.set_defaults(run=cmd_bench_serving)
     p = commands.add_parser("bench-retrain-time", help="time one app retrain on N uploaded images")
     p.add_argument("--data", default=None)
     p.add_argument("--images", type=int, default=1000)
