@@ -55,16 +55,18 @@ class TrainResult:
 
 
 class _ProgressCallback(keras.callbacks.Callback):
-    def __init__(self, total_steps: int, steps_before: int, report, started: float):
+    def __init__(self, total_steps: int, steps_before: int, report, started: float, epoch: int, epochs: int):
         super().__init__()
         self.total, self.before, self.report, self.started = total_steps, steps_before, report, started
+        self.epoch, self.epochs = epoch, epochs
 
     def on_train_batch_end(self, batch, logs=None):
         done = self.before + batch + 1
         if self.report and (batch % 5 == 0 or done == self.total):
             elapsed = time.time() - self.started
             left = elapsed / done * (self.total - done)
-            self.report(done / self.total, f"step {done}/{self.total}, {elapsed:.0f}s elapsed, ~{left:.0f}s left")
+            self.report(done / self.total, f"epoch {self.epoch + 1}/{self.epochs}, step {done}/{self.total}, "
+                                           f"{elapsed:.0f}s elapsed, ~{left:.0f}s left")
 
 
 def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batch_size: int = 500) -> None:
@@ -98,7 +100,7 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     started = time.time()
     for epoch in range(epochs):
         augmented = random_translate(alternating_flip(x, epoch, flip_mask), net.HYP["translate"], rng)
-        callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started)
+        callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs)
         val = None
         if validation is not None:
             val = (validation[0], one_hot(validation[1]))

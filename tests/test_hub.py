@@ -93,3 +93,16 @@ def test_missing_tag(hub, two_versions, tmp_path):
     cifar_hub.push(two_versions[1][0])
     with pytest.raises(cifar_hub.HubError, match="no such version"):
         cifar_hub.pull(Registry(tmp_path / "r"), "20990101T000000Z-none")
+
+
+def test_app_can_start_from_the_newest_pushed_version(hub, two_versions, monkeypatch):
+    from cifar import hub as cifar_hub
+    from cifar.service import Service
+
+    _, (old, new) = two_versions
+    cifar_hub.push(old)
+    cifar_hub.push(new)
+    monkeypatch.setenv("CIFAR_FROM_HUB", "1")
+    service = Service()  # a fresh CIFAR_HOME (see conftest): everything comes from the Hub
+    assert service.predictor.version == new.id
+    assert service.registry.promotions()[-1][2] == "pulled from the Hub at start"
