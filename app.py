@@ -200,14 +200,12 @@ def main() -> None:
     launch = dict(server_name=args.host, server_port=args.port, show_error=True, max_file_size="100mb",
                   allowed_paths=[str(ASSETS), str(config.plots_dir())],
                   blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
-    try:
-        demo.launch(share=args.share, **launch)
-    except Exception as exc:
-        if not args.share:
-            raise
-        # Offline or blocked: say so plainly and keep serving on the local address.
-        print(f"Could not create a public share link ({exc.__class__.__name__}); serving locally only.", flush=True)
-        demo.launch(share=False, **launch)
+    demo.launch(share=args.share, prevent_thread_lock=True, **launch)
+    if args.share:
+        # Offline or blocked, Gradio cannot open the tunnel; say so plainly and keep serving locally.
+        print(f"Public link: {demo.share_url}" if demo.share_url else
+              f"No public share link could be created (offline?); serving locally at {demo.local_url}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

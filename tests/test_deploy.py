@@ -55,3 +55,21 @@ def test_readme_front_matter_matches():
         assert key in front
     sdk = re.search(r"sdk_version: (\S+)", front).group(1)
     assert f"gradio[mcp]=={sdk}" in (ROOT / "requirements.txt").read_text()
+
+
+def test_share_link_failure_is_plain_and_serving_goes_on(tmp_path):
+    import time
+
+    import httpx
+
+    app = AppProcess(tmp_path / "home", env={"GRADIO_SHARE": "true"})
+    try:
+        deadline = time.time() + 90
+        while "share link" not in app.log.read_text().lower() and "Public link" not in app.log.read_text():
+            assert time.time() < deadline, app.log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert httpx.get(f"{app.url}/gradio_api/info", timeout=5).status_code == 200
+        log = app.log.read_text()
+        assert "Public link: https://" in log or "No public share link could be created" in log
+    finally:
+        app.stop()
