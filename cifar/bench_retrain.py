@@ -79,7 +79,7 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, report=pr
         shifted_field = apply_shift(shift, x_field, seed=1)
         shifted_eval = apply_shift(shift, x_eval, seed=2)
         probabilities = shipped.predict_arrays(shifted_field)
-        labels, confident = train.pseudo_labels(probabilities, train.RETRAIN["threshold"])
+        labels, confident = train.pseudo_labels(probabilities, train.RETRAIN["threshold"], train.RETRAIN["min_fraction"])
         folder = Path(os.environ["CIFAR_HOME"]) / "incoming"
         folder.mkdir()
         paths = []

@@ -246,7 +246,7 @@ class Service:
         report(0.02, "pseudo-labelling unlabeled uploads")
         unlabeled = y_up < 0
         probabilities = serving.predict_arrays(x_up[unlabeled]) if unlabeled.any() else np.zeros((0, 10))
-        guessed, confident = train.pseudo_labels(probabilities, threshold)
+        guessed, confident = train.pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"])
         labels = y_up.copy()
         labels[np.flatnonzero(unlabeled)] = guessed
         keep = ~unlabeled

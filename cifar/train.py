@@ -133,6 +133,7 @@ def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, 
 
 RETRAIN = {
     "threshold": 0.75,    # label smoothing caps confidence near 0.85: 0.75 keeps ~55% of clean images
+    "min_fraction": 0.5,  # on shifted images few clear the threshold: still take each class's surest half
     "epochs": 4,          # a few passes: enough to adapt, too few to forget
     "replay": 3000,       # original training images mixed in (3x a full 1,000-image upload)
     "batch_size": 256,    # smaller than from scratch: more steps on few images
@@ -140,9 +141,18 @@ RETRAIN = {
 }
 
 
-def pseudo_labels(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hard labels of the confident predictions: (labels, mask of those at or above `threshold`)."""
-    return probabilities.argmax(axis=1), probabilities.max(axis=1) >= threshold
+def pseudo_labels(probabilities: np.ndarray, threshold: float,
+                  min_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Hard labels and the mask of those to train on: every prediction at or above `threshold`,
+    plus, class by class, the most confident `min_fraction` of the images predicted as that class
+    (so a shift that lowers all confidences still yields class-balanced pseudo-labels)."""
+    labels, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    keep = confidence >= threshold
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        surest = members[np.argsort(-confidence[members])[:int(np.ceil(min_fraction * len(members)))]]
+        keep[surest] = True
+    return labels, keep
 
 
 def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,

@@ -40,3 +40,12 @@ def test_pseudo_labels_respect_threshold():
     p = np.array([[0.95, 0.05] + [0] * 8, [0.6, 0.4] + [0] * 8])
     labels, mask = train.pseudo_labels(p, 0.9)
     assert labels.tolist() == [0, 0] and mask.tolist() == [True, False]
+
+
+def test_pseudo_labels_keep_each_classs_surest_share_when_none_clear_the_threshold():
+    p = np.full((6, 10), 0.05)
+    for row, (label, confidence) in enumerate([(0, 0.5), (0, 0.4), (0, 0.3), (0, 0.2), (3, 0.35), (3, 0.3)]):
+        p[row, label] = confidence
+    labels, mask = train.pseudo_labels(p, 0.9, min_fraction=0.5)
+    assert labels.tolist() == [0, 0, 0, 0, 3, 3]
+    assert mask.tolist() == [True, True, False, False, True, False]
