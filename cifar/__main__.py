@@ -123,7 +123,6 @@ def cmd_bench_retrain_time(args) -> None:
     """Upload N unlabeled test images through the upload store and time one app retrain."""
     import tempfile
 
-    import numpy as np
     from PIL import Image
 
     from . import data

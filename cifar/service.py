@@ -6,8 +6,8 @@ fit to show; nothing here prints secrets.
 """
 import csv
 import hmac
+import json
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -18,7 +18,7 @@ import numpy as np
 from . import CLASSES, config, data, evaluate, images, train, versions
 from .monitor import Monitor
 from .predict import MicroBatcher, Predictor
-from .registry import Registry, RegistryError
+from .registry import Registry, RegistryError, new_version_id, write_json_atomic
 from .uploads import UploadStore
 
 log = logging.getLogger("cifar")
@@ -146,14 +146,13 @@ class Service:
     def upload(self, paths: list):
         if not paths:
             raise UserError("No files given: choose images or one zip of images.")
-        from .registry import new_version_id
-
         return self._timed("upload", lambda: self.uploads.add(
             paths, batch=new_version_id("upload"), predict=lambda x: self._predictor.predict_arrays(x).argmax(axis=1)))
 
     def upload_plot(self) -> str:
-        return self._plot("uploads", f"by-class-{len(self.uploads.records())}",
-                          lambda: evaluate.plot_distribution(self.uploads.counts(), "Uploaded images by class"))
+        records = self.uploads.records()
+        return self._plot("uploads", f"by-class-{len(records)}",
+                          lambda: evaluate.plot_distribution(self.uploads.counts(records), "Uploaded images by class"))
 
     def upload_summary(self, report) -> tuple[str, list[list]]:
         """A sentence for people and the rejected files as table rows."""
@@ -186,36 +185,30 @@ class Service:
         with self._swap_lock:  # requests in flight finish on the old predictor
             self._predictor = predictor
 
-    def rollback(self, version_id: str | None, key: str | None) -> str:
+    def _make_current(self, key: str | None, change) -> str:
+        """Run a registry change (promote or rollback), then serve the version it made current."""
         self.check_admin(key)
         try:
-            version = self.registry.rollback(version_id or None)
+            version = change()
         except RegistryError as exc:
             raise UserError(str(exc)) from None
         self._swap(version.id)
         return f"Version {version.id} is current now."
 
+    def rollback(self, version_id: str | None, key: str | None) -> str:
+        return self._make_current(key, lambda: self.registry.rollback(version_id or None))
+
     def promote(self, version_id: str, key: str | None) -> str:
-        self.check_admin(key)
-        try:
-            version = self.registry.promote(version_id)
-        except RegistryError as exc:
-            raise UserError(str(exc)) from None
-        self._swap(version.id)
-        return f"Version {version.id} is current now."
+        return self._make_current(key, lambda: self.registry.promote(version_id))
 
     # --- retraining ----------------------------------------------------------------------
     def holdout_accuracy(self, version_id: str, predictor: Predictor | None = None) -> dict:
         """Metrics of a version on the shipped held-out images, cached per version."""
         cached = config.cache_dir() / f"holdout-{version_id}.json"
         if cached.exists():
-            import json
-
             return json.loads(cached.read_text())
         x, y = data.holdout()
         metrics = evaluate.evaluate(predictor or self._load(version_id), x, y)
-        from .registry import write_json_atomic
-
         write_json_atomic(cached, metrics)
         return metrics
 
@@ -350,16 +343,16 @@ class Service:
                       for c in CLASSES]
             compare = [[name, round(a, 4), None if b is None else round(b, 4),
                         None if b is None else round(a - b, 4)] for name, a, b in pairs]
-        distribution = {"training data": self.training_distribution(version)}
-        distribution.update(self.uploads.counts())
-        uploads = sum(distribution["given labels"].values()) if "given labels" in distribution else 0
+        records = self.uploads.records()  # read the manifest once per view
+        distribution = {"training data": self.training_distribution(version), **self.uploads.counts(records)}
         return {
             "summary": summary, "rows": rows, "compare": compare,
             "confusion": self._plot(version.id, "confusion",
                                     lambda: evaluate.plot_confusion(metrics, f"Confusion matrix, {version.id}")),
             "history": self._plot(version.id, "history",
                                   lambda: evaluate.plot_history(version.history, f"Training curves, {version.id}")),
-            "distribution": self._plot(version.id, f"distribution-{len(self.uploads.records())}-{uploads}",
+            # The manifest is append-only: its length identifies the upload counts drawn.
+            "distribution": self._plot(version.id, f"distribution-{len(records)}",
                                        lambda: evaluate.plot_distribution(distribution, "Class distribution")),
             "confidence": self._plot(version.id, "confidence", lambda: evaluate.plot_confidences(
                 metrics.get("confidence_histogram", [0] * 20), "Confidence of predictions on the evaluation images")),

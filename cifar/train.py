@@ -9,7 +9,6 @@ import numpy as np
 from . import CLASSES, model as net
 
 
-
 def use_bf16() -> None:
     """bfloat16 compute with float32 weights: ~2x training throughput on CPUs with AVX512-BF16/AMX."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -97,13 +96,11 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     targets = y if y.ndim == 2 else one_hot(y)
     flip_mask = rng.random(len(x)) < 0.5
     history: dict[str, list] = {}
+    val = (validation[0], one_hot(validation[1])) if validation is not None else None
     started = time.time()
     for epoch in range(epochs):
         augmented = random_translate(alternating_flip(x, epoch, flip_mask), net.HYP["translate"], rng)
         callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs)
-        val = None
-        if validation is not None:
-            val = (validation[0], one_hot(validation[1]))
         h = model.fit(augmented, targets, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
                       shuffle=True, validation_data=val, callbacks=[callback], verbose=verbose)
         for key, values in h.history.items():

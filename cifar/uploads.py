@@ -124,8 +124,9 @@ class UploadStore:
         y = np.array([-1 if r["label"] is None else CLASSES.index(r["label"]) for r in records], np.int64)
         return x, y, records
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        records = self.records()
+    def counts(self, records: list[dict] | None = None) -> dict[str, dict[str, int]]:
+        """Per-class counts of given labels and of predictions at upload (`records` if already read)."""
+        records = self.records() if records is None else records
         given = {c: 0 for c in CLASSES}
         predicted = {c: 0 for c in CLASSES}
         for r in records:

@@ -2,7 +2,6 @@
 import io
 import zipfile
 
-import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image

@@ -1,12 +1,8 @@
 """Deployment files: every Dockerfile COPY source exists, the container command starts the app,
 the README's Space front matter matches requirements, and the pins are the versions installed."""
 import re
-import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
-
-import pytest
 
 from conftest import AppProcess
 
