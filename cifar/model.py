@@ -13,11 +13,13 @@ from . import CLASSES
 
 HYP = {
     "widths": (128, 384, 384),   # airbench95's widths: +1 point over 64/256/256 for ~2.5x FLOPs
-    "epochs": 18,                # ~50 min on 2 cores at ~300 img/s (bf16); leaves room in 90
+    "epochs": 24,                # ~82 min on 2 cores at ~250 img/s (bf16): inside the 90-minute budget
     "batch_size": 1024,          # large batches keep the 2 cores busy; airbench's value
     "lr": 1.5,                   # airbench's 11.5 per kilostep, expressed for a mean loss
     "momentum": 0.85,            # nesterov; airbench's value
-    "weight_decay": 0.0013,      # decoupled: 0.002 of each weight per step at peak lr, as airbench
+    "weight_decay": 0.0089,      # decoupled, x lr: 0.0133 of each weight per step at peak, as airbench's
+                                 # 0.002 once its momentum amplifies it (1/(1-0.85) = 6.7x)
+    "bias_scaler": 64.0,         # BatchNorm biases learn 64x faster (airbench), same decay
     "label_smoothing": 0.2,      # keeps logits small; +0.3 points in airbench ablations
     "ema_momentum": 0.95,        # averages ~20 steps of weights; stands in for airbench's lookahead
     "translate": 2,              # random crops from 2-pixel reflect padding
@@ -126,11 +128,34 @@ class TriangleSchedule(keras.optimizers.schedules.LearningRateSchedule):
                     start=self.start, peak_at=self.peak_at, end=self.end)
 
 
+@keras.saving.register_keras_serializable(package="cifar")
+class BiasScaledSGD(keras.optimizers.SGD):
+    """Nesterov SGD whose BatchNorm biases take `bias_scaler` times larger steps (airbench's
+    per-group learning rate; SGD is linear in the gradient, so scaling it is the same)."""
+
+    def __init__(self, bias_scaler: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_scaler = bias_scaler
+
+    def build(self, variables):
+        super().build(variables)
+        self._scaled = {self._get_variable_index(v) for v in variables if v.path.endswith("/beta")}
+
+    def update_step(self, gradient, variable, learning_rate):
+        # The backend may hand over its own variable type: look it up by index, not by path.
+        if self._get_variable_index(variable) in self._scaled:
+            gradient = gradient * self.bias_scaler
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "bias_scaler": self.bias_scaler}
+
+
 def make_optimizer(total_steps: int, lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
     start, peak_at, end = HYP["schedule"]
     schedule = TriangleSchedule(HYP["lr"] * lr_scale, total_steps, start, peak_at, end)
-    return keras.optimizers.SGD(
-        learning_rate=schedule, momentum=HYP["momentum"], nesterov=True,
+    return BiasScaledSGD(
+        bias_scaler=HYP["bias_scaler"], learning_rate=schedule, momentum=HYP["momentum"], nesterov=True,
         weight_decay=HYP["weight_decay"], use_ema=True, ema_momentum=HYP["ema_momentum"],
         ema_overwrite_frequency=None,
     )

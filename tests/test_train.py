@@ -49,3 +49,27 @@ def test_pseudo_labels_keep_each_classs_surest_share_when_none_clear_the_thresho
     labels, mask = train.pseudo_labels(p, 0.9, min_fraction=0.5)
     assert labels.tolist() == [0, 0, 0, 0, 3, 3]
     assert mask.tolist() == [True, True, False, False, True, False]
+
+
+def test_batchnorm_biases_take_bias_scaler_times_larger_steps():
+    import keras
+
+    from cifar import model as net
+
+    def one_step(scaler):
+        keras.utils.set_random_seed(0)
+        m = net.build_network((8, 8, 8))
+        before = {v.path: v.numpy().copy() for v in m.trainable_variables}
+        optimizer = net.BiasScaledSGD(bias_scaler=scaler, learning_rate=0.1, momentum=0.0)
+        x = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype("float32")
+        y = train.one_hot(np.arange(16) % 10)
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            loss = net.make_loss()(y, m(x, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, m.trainable_variables), m.trainable_variables))
+        return {v.path: v.numpy() - before[v.path] for v in m.trainable_variables}
+
+    plain, scaled = one_step(1.0), one_step(64.0)
+    np.testing.assert_allclose(scaled["block1_bn1/beta"], 64 * plain["block1_bn1/beta"], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(scaled["block1_conv1/kernel"], plain["block1_conv1/kernel"], rtol=1e-5, atol=1e-8)
+    assert np.abs(plain["block1_bn1/beta"]).max() > 0
