@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from cifar import CLASSES, config, train
-from cifar.service import Service, UserError
+from cifar.service import PROMOTION_RULE, Service, UserError
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = [[str(ASSETS / "examples" / f"{c}.png")] for c in CLASSES]
@@ -119,11 +119,11 @@ def build(service: Service) -> gr.Blocks:
             rejected = gr.Dataframe(headers=["file", "reason"], label="Rejected files")
             upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False)
         with gr.Tab("Retrain"):
-            gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels, unlabeled "
-                        "ones get the current model's prediction as a label when it is at least as confident as "
-                        "the threshold, and original training images are mixed in so nothing is forgotten. The new "
-                        "version becomes current only if it scores no more than 1 point below the current one on "
-                        "2,000 held-out test images. Predictions keep being served meanwhile.")
+            gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels; unlabeled "
+                        "ones are labeled by the current model, re-calibrated to the uploads' own statistics, when "
+                        "it is at least as confident as the threshold (and each class's surest half regardless); "
+                        "original training images are mixed in so nothing is forgotten. "
+                        f"{PROMOTION_RULE} Predictions keep being served meanwhile.")
             with gr.Row():
                 threshold = gr.Slider(0.3, 0.99, value=train.RETRAIN["threshold"], step=0.01,
                                       label="Pseudo-label confidence threshold")

@@ -146,10 +146,25 @@ def cmd_bench_retrain_time(args) -> None:
 
 
 def cmd_bench_retrain(args) -> None:
-    from . import bench_retrain
+    from . import bench_retrain, train
 
-    shifts = args.shifts.split(",") if args.shifts else list(bench_retrain.SHIFTS)
-    bench_retrain.run(shifts, args.data, Path(args.out), args.images)
+    shifts = args.shifts.split(",") if args.shifts else [*bench_retrain.SHIFTS, *bench_retrain.JUNK]
+    for setting in filter(None, (args.recipe or "").split(",")):  # e.g. epochs=8,lr_scale=0.2
+        key, value = setting.split("=")
+        if key not in train.RETRAIN:
+            sys.exit(f"error: unknown recipe setting {key!r}; known: {', '.join(train.RETRAIN)}")
+        current = train.RETRAIN[key]
+        train.RETRAIN[key] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+    if args.calibrate:
+        from . import config, data, predict, registry
+
+        x, y = data.load(args.data, "test")
+        subset = data.balanced_subset(y, args.eval_per_class or 100, seed=2)
+        current = predict.Predictor.load(registry.Registry(config.shipped_models_dir()).current().model_path)
+        bench_retrain.calibrate(current, x[subset], y[subset], {s: bench_retrain.CANDIDATES[s] for s in shifts
+                                                               if s in bench_retrain.CANDIDATES})
+        return
+    bench_retrain.run(shifts, args.data, Path(args.out), args.images, args.eval_per_class)
     print((Path(args.out) / "bench_retrain.md").read_text())
 
 
@@ -175,6 +190,9 @@ def main(argv=None) -> None:
     p.add_argument("--shifts", default=None, help="comma-separated subset of noise,blur,contrast,haze,jpeg")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--out", default="data/bench-retrain")
+    p.add_argument("--eval-per-class", type=int, default=None, help="score on this many eval images a class")
+    p.add_argument("--calibrate", action="store_true", help="only score the shipped model at candidate strengths")
+    p.add_argument("--recipe", default=None, help="override retrain settings, e.g. epochs=8,lr_scale=0.2")
     p.set_defaults(run=cmd_bench_retrain)
     p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")

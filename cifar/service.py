@@ -24,6 +24,8 @@ from .uploads import UploadStore
 log = logging.getLogger("cifar")
 
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
+PROMOTION_RULE = ("The new version becomes current only if it scores no more than 1 point below the current "
+                  "one on 2,000 held-out test images.")
 UNSURE_BELOW = 0.5           # top confidence under which the UI says "not sure"
 
 
@@ -238,19 +240,26 @@ class Service:
         log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
         report(0.02, "pseudo-labelling unlabeled uploads")
         unlabeled = y_up < 0
-        probabilities = serving.predict_arrays(x_up[unlabeled]) if unlabeled.any() else np.zeros((0, 10))
-        guessed, confident = train.pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"])
+        probabilities = (train.upload_probabilities(parent.model_path, x_up[unlabeled], self.tta_level)
+                         if unlabeled.any() else np.zeros((0, 10)))
+        guessed, confident = train.pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
+                                                 train.RETRAIN["min_recognised"])
         labels = y_up.copy()
         labels[np.flatnonzero(unlabeled)] = guessed
         keep = ~unlabeled
         keep[np.flatnonzero(unlabeled)[confident]] = True
         if not keep.any():
-            raise UserError(f"No upload is labeled and none is predicted with {threshold:.0%} confidence or more: "
-                            "lower the threshold or upload labeled images.")
+            recognised = float((probabilities.max(axis=1) >= threshold).mean()) if len(probabilities) else 0.0
+            raise UserError(
+                f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
+                f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
+                f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
+                "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
         report(0.05, "loading original training images to mix in")
         x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
-        x_train = np.concatenate([x_up[keep], x_replay])
-        y_train = np.concatenate([labels[keep], y_replay])
+        repeats = train.RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
+        x_train = np.concatenate([*[x_up[keep]] * repeats, x_replay])
+        y_train = np.concatenate([*[labels[keep]] * repeats, y_replay])
         result = train.finetune(parent.model_path, x_train, y_train, epochs,
                                 report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
         report(0.82, "judging the new version on held-out images")

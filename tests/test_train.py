@@ -73,3 +73,13 @@ def test_batchnorm_biases_take_bias_scaler_times_larger_steps():
     np.testing.assert_allclose(scaled["block1_bn1/beta"], 64 * plain["block1_bn1/beta"], rtol=1e-3, atol=1e-7)
     np.testing.assert_allclose(scaled["block1_conv1/kernel"], plain["block1_conv1/kernel"], rtol=1e-5, atol=1e-8)
     assert np.abs(plain["block1_bn1/beta"]).max() > 0
+
+
+def test_pseudo_labels_keep_none_when_too_few_are_recognised():
+    p = np.full((20, 10), 0.08)
+    p[:, 3] = 0.28                       # every image a weak "cat"
+    p[0, 3], p[0, 0] = 0.9, 0.01         # one confident image: 5% recognised
+    labels, mask = train.pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.1)
+    assert (labels == 3).all() and not mask.any()
+    labels, mask = train.pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.05)
+    assert mask.sum() == 10              # at the bar: the class's surest half is kept
