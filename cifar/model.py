@@ -151,11 +151,13 @@ class BiasScaledSGD(keras.optimizers.SGD):
         return {**super().get_config(), "bias_scaler": self.bias_scaler}
 
 
-def make_optimizer(total_steps: int, lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
+def make_optimizer(total_steps: int, lr_scale: float = 1.0, bias_scaler: float | None = None
+                   ) -> keras.optimizers.Optimizer:
     start, peak_at, end = HYP["schedule"]
     schedule = TriangleSchedule(HYP["lr"] * lr_scale, total_steps, start, peak_at, end)
     return BiasScaledSGD(
-        bias_scaler=HYP["bias_scaler"], learning_rate=schedule, momentum=HYP["momentum"], nesterov=True,
+        bias_scaler=HYP["bias_scaler"] if bias_scaler is None else bias_scaler,
+        learning_rate=schedule, momentum=HYP["momentum"], nesterov=True,
         weight_decay=HYP["weight_decay"], use_ema=True, ema_momentum=HYP["ema_momentum"],
         ema_overwrite_frequency=None,
     )
