@@ -1,6 +1,7 @@
 """The real app, started on a free port, driven through every named endpoint with gradio_client."""
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -98,6 +99,8 @@ def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):
 
 
 def test_second_retrain_while_one_runs_is_refused(client):
+    examples = sorted((Path(__file__).parent.parent / "assets" / "examples").glob("*.png"))
+    client.predict([handle_file(str(f)) for f in examples], api_name="/upload")  # something to train on
     first = client.submit(0.8, 1, "", api_name="/retrain")
     import time
     time.sleep(1.0)
