@@ -32,17 +32,18 @@ CANDIDATES = {"noise": (6.0, 9.0, 12.0, 16.0), "blur": (0.8, 1.0, 1.2, 1.5), "co
               "haze": (0.45, 0.55, 0.65), "jpeg": (5, 10, 15)}
 # Not a shift but a control: uniform random pixels, which the promotion rule must turn down.
 JUNK = {"junk": (None, "uniform random pixels (control: must not be promoted)")}
+KINDS = {**SHIFTS, **JUNK}
 
 
 def describe(name: str) -> str:
-    strength, text = {**SHIFTS, **JUNK}[name]
+    strength, text = KINDS[name]
     return text.format(strength)
 
 
 def apply_shift(name: str, x: np.ndarray, seed: int = 0, strength=None) -> np.ndarray:
-    if name not in SHIFTS and name not in JUNK:
-        raise ValueError(f"unknown shift {name!r}; known: {', '.join({**SHIFTS, **JUNK})}")
-    strength = strength if strength is not None else {**SHIFTS, **JUNK}[name][0]
+    if name not in KINDS:
+        raise ValueError(f"unknown shift {name!r}; known: {', '.join(KINDS)}")
+    strength = strength if strength is not None else KINDS[name][0]
     rng = np.random.default_rng(seed)
     pixels = x.astype(np.float32)
     if name == "junk":

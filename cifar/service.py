@@ -24,8 +24,8 @@ from .uploads import UploadStore
 log = logging.getLogger("cifar")
 
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
-PROMOTION_RULE = ("The new version becomes current only if it scores no more than 1 point below the current "
-                  "one on 2,000 held-out test images.")
+PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
+                  "point below the current one on 2,000 held-out test images.")
 UNSURE_BELOW = 0.5           # top confidence under which the UI says "not sure"
 
 
