@@ -1,7 +1,7 @@
 """Run the Locust load test headless and report it.
 
     python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s
-    python loadtest/run.py --compare-batching          # (a) one image per model call vs (b) batched
+    python loadtest/run.py --compare-batching --ceiling  # (a) one image per call, (b) batched, Gradio alone
     python loadtest/run.py --host http://127.0.0.1:7860 --duration 15s --fail-on-error
     python loadtest/run.py --duration 10m                  # soak: reports memory after warm-up and at the end
     python loadtest/run.py --retrain-during --duration 90s # predictions while a retrain runs
@@ -34,14 +34,14 @@ def free_port() -> int:
 class App:
     """The app in a subprocess on a free port (also the test suite's way to start it)."""
 
-    def __init__(self, env: dict | None = None, home=None, timeout: float = 180):
+    def __init__(self, env: dict | None = None, home=None, timeout: float = 180, script: Path = ROOT / "app.py"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = Path(home or tempfile.mkdtemp(prefix="cifar-loadtest-"))
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = self.home.parent / f"app-{self.port}.log"
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=ROOT,
                                      env={**os.environ, "CIFAR_HOME": str(self.home), "GRADIO_ANALYTICS_ENABLED": "False",
                                           **(env or {})},
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
@@ -184,8 +184,8 @@ def retrain_during(host: str, delay: float):
     return thread
 
 
-def one_run(args, label: str, app_env: dict | None) -> dict:
-    app = None if args.host else App(app_env)
+def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.py") -> dict:
+    app = None if args.host else App(app_env, script=script)
     host = args.host or app.url
     memory = MemorySampler(app) if app else None
     try:
@@ -215,6 +215,8 @@ def main() -> None:
                         datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     parser.add_argument("--compare-batching", action="store_true",
                         help="run twice: CIFAR_MAX_BATCH=1 (one image per call), then batched")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also run the same load against loadtest/ceiling_app.py (Gradio with no work behind it)")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
     parser.add_argument("--retrain-during", action="store_true",
                         help="upload 200 images and run a retrain while the load runs")
@@ -227,6 +229,10 @@ def main() -> None:
         ratio = batched["predict_rps"] / max(unbatched["predict_rps"], 1e-9)
         print(f"batched / unbatched predict throughput: {ratio:.2f}x", flush=True)
         failures = unbatched["failures"] + batched["failures"]
+        if args.ceiling:
+            ceiling = one_run(args, "ceiling", None, script=ROOT / "loadtest" / "ceiling_app.py")
+            print(f"Gradio's ceiling (no work behind the API): {ceiling['predict_rps']:.1f} predictions/s = "
+                  f"{ceiling['predict_rps'] / max(unbatched['predict_rps'], 1e-9):.2f}x the unbatched app", flush=True)
     else:
         failures = one_run(args, "run", None)["failures"]
     print(f"reports in {args.out}")
