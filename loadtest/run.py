@@ -216,11 +216,14 @@ def main() -> None:
     parser.add_argument("--compare-batching", action="store_true",
                         help="run twice: CIFAR_MAX_BATCH=1 (one image per call), then batched")
     parser.add_argument("--ceiling", action="store_true",
-                        help="also run the same load against loadtest/ceiling_app.py (Gradio with no work behind it)")
+                        help="with --compare-batching: also run the same load against loadtest/ceiling_app.py "
+                             "(Gradio with no work behind it)")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
     parser.add_argument("--retrain-during", action="store_true",
                         help="upload 200 images and run a retrain while the load runs")
     args = parser.parse_args()
+    if args.ceiling and not args.compare_batching:
+        sys.exit("--ceiling is measured beside the app's own runs: add --compare-batching")
     if args.compare_batching:
         if args.host:
             sys.exit("--compare-batching starts its own apps; leave out --host")
