@@ -2,8 +2,8 @@
 
 Same components, endpoint names and queue settings as app.py, but every function answers at
 once without decoding the image or running a network. The load test against it
-(`python loadtest/run.py --ceiling`) measures what Gradio and Locust alone cost per request: no
-real app can serve more predictions a second on the same machine.
+(`python loadtest/run.py --compare-batching --ceiling`) measures what Gradio and Locust alone
+cost per request: no real app can serve more predictions a second on the same machine.
 """
 import os
 
