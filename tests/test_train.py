@@ -1,7 +1,8 @@
 """A few training steps on a few hundred real images give a model that loads back and learns."""
+import keras
 import numpy as np
 
-from cifar import data, predict, registry, train, versions
+from cifar import data, model as net, predict, registry, train, versions
 
 
 def test_short_training_learns_and_round_trips(test_split, tmp_path):
@@ -83,3 +84,26 @@ def test_pseudo_labels_keep_none_when_too_few_are_recognised():
     assert (labels == 3).all() and not mask.any()
     labels, mask = train.pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.05)
     assert mask.sum() == 10              # at the bar: the class's surest half is kept
+
+
+def test_lookahead_moves_weights_to_their_average_every_few_steps_and_ends_on_it():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    kernel = model.layers[0].kernel
+    kernel.assign([[0.0]])
+    lookahead = train.Lookahead(total_steps=10)
+    lookahead.set_model(model)
+    lookahead.on_train_begin()                      # the average starts at 0
+    every, base, power = net.HYP["lookahead"]
+    assert every == 5
+    kernel.assign([[1.0]])
+    for step in range(4):
+        lookahead.on_train_batch_end(step)
+    assert kernel.numpy()[0, 0] == 1.0              # between pulls the weights train freely
+    lookahead.on_train_batch_end(4)                 # step 5 of 10: pulled to the average
+    decay = base ** 5 * 0.5 ** power
+    np.testing.assert_allclose(kernel.numpy()[0, 0], 1 - decay, rtol=1e-6)
+    lookahead.on_train_begin()                      # a new epoch keeps the average
+    kernel.assign([[2.0]])
+    for step in range(5):
+        lookahead.on_train_batch_end(step)
+    np.testing.assert_allclose(kernel.numpy()[0, 0], 1 - decay, rtol=1e-6)  # last step: the average itself
