@@ -87,9 +87,9 @@ class Lookahead(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.steps % self.every and self.steps < self.total:
-            return
         last = self.steps >= self.total
+        if self.steps % self.every and not last:
+            return
         decay = 1.0 if last else self.base ** self.every * (self.steps / self.total) ** self.power
         for weight, average in zip(self.weights, self.average):
             average *= decay
