@@ -13,7 +13,8 @@ import gradio as gr
 import pandas as pd
 
 from cifar import CLASSES, config, train
-from cifar.service import PROMOTION_RULE, Service, UserError
+from cifar.learning.retrain import PROMOTION_RULE
+from cifar.service import Service, UserError
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = [[str(ASSETS / "examples" / f"{c}.png")] for c in CLASSES]
@@ -54,27 +55,49 @@ def build(service: Service) -> gr.Blocks:
         """
         # Raw upload payload (preprocess=False): our decoder, not Gradio's, judges the bytes.
         confidences = service.predict(image.get("path") if isinstance(image, dict) else image)
-        return confidences, service.unsure_note(confidences)
+        # The Label keeps only the top three; all ten go to the bar chart through a State,
+        # which API clients do not see (the endpoint still returns label and note).
+        return confidences, service.unsure_note(confidences), confidences
 
-    def bars(label):
-        confidences = {c["label"]: c["confidence"] for c in (label or {}).get("confidences", [])}
+    def bars(confidences):
+        confidences = confidences or {}
         return pd.DataFrame({"class": list(CLASSES), "confidence": [confidences.get(c, 0.0) for c in CLASSES]})
 
     @shown
     def upload(files):
         report = service.upload(files)
         text, rejected = service.upload_summary(report)
-        return text, rejected, service.upload_plot()
+        return text, rejected, service.upload_plot(report)
+
+    def stored_uploads_plot():
+        path = service.upload_plot()  # None while nothing is uploaded: no empty frame
+        return gr.update(value=path, visible=path is not None)
+
+    def monitoring_panel():
+        text, rows, field = service.monitoring_view()
+        timeline = pd.DataFrame(field["timeline"], columns=["time", "predictions_per_minute", "latency_p95_ms",
+                                                            "estimated_accuracy"])
+        timeline["time"] = pd.to_datetime(timeline["time"])
+        accuracy = pd.concat([timeline.assign(series="estimated"),
+                              timeline.assign(series="held-out reference", estimated_accuracy=field["reference_accuracy"])])
+        confidence = pd.DataFrame([{"confidence": (i + 0.5) / len(values), "share": v, "series": series}
+                                   for series, values in field["confidence_histogram"].items()
+                                   for i, v in enumerate(values)])
+        mix = pd.DataFrame([{"class": c, "share": v, "series": series}
+                            for c, shares in field["class_mix"].items() for series, v in shares.items()])
+        return text, rows, timeline, timeline, accuracy.dropna(), confidence, mix
 
     @shown
     def retrain(threshold, epochs, key, progress=gr.Progress()):
         result = service.retrain(threshold, int(epochs), key, report=lambda f, m: progress(f, desc=m))
-        before, after = result["before"], result["after"]
+        before, after, estimated = result["before"], result["after"], result["estimated_on_uploads"]
         text = (f"### {result['message']}\nNew version **{result['version']}** in {result['seconds']} s: "
                 f"{result['labeled']} labeled uploads, {result['pseudo_used']} of {result['pseudo_candidates']} "
-                f"unlabeled ones pseudo-labeled at >= {threshold:.0%} confidence.")
-        table = [["accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
-                 ["macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)]]
+                f"unlabeled ones pseudo-labeled at >= {threshold:.1%} confidence.")
+        table = [["held-out accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
+                 ["held-out macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)],
+                 [f"estimated accuracy on the {result['uploads']:,} uploads (no labels)",
+                  estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
         return (text, table, *versions_update())
 
     @shown
@@ -89,11 +112,12 @@ def build(service: Service) -> gr.Blocks:
     def metrics(version_id, compare_id):
         view = service.metrics_view(version_id or None, compare_id or None)
         return (view["summary"], view["rows"], view["compare"], view["confusion"], view["history"],
-                view["distribution"], view["confidence"])
+                view["distribution"], view["confidence"], view["reliability"])
 
     with gr.Blocks(title="CIFAR-10 classifier") as demo:
         gr.Markdown("# CIFAR-10 classifier\nClassifies photos into 10 classes: " + ", ".join(CLASSES) +
-                    ". Upload images to retrain it; every model version is kept.")
+                    ". Upload images to retrain it; every model version is kept. Confidences are calibrated: "
+                    "of the answers given with 90% confidence, about 90% are right.")
         with gr.Tab("Predict"):
             with gr.Row():
                 with gr.Column():
@@ -102,8 +126,9 @@ def build(service: Service) -> gr.Blocks:
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Top classes")
                     note = gr.Markdown(label="Note")
+                    all_confidences = gr.State()
                     chart = gr.BarPlot(x="class", y="confidence", y_lim=[0, 1], label="All ten classes",
-                                       sort=list(CLASSES))
+                                       sort=list(CLASSES), elem_id="all-classes")
             gr.Examples(EXAMPLES, inputs=image, label="Examples: one per class")
             with gr.Accordion("Many images at once", open=False):
                 many = gr.File(file_count="multiple", file_types=["image"], label="Images")
@@ -112,27 +137,29 @@ def build(service: Service) -> gr.Blocks:
                 csv_file = gr.File(label="CSV download")
         with gr.Tab("Bulk upload"):
             gr.Markdown("Up to 1,000 images at a time, as files or one zip. Labels are optional: a class-named "
-                        "folder in the zip (`dog/x.png`) or a class-name prefix (`dog_12.jpg`) labels an image.")
+                        "folder in the zip (`dog/x.png`) or a class-name prefix (`dog_12.jpg`) labels an image. "
+                        "The app estimates how accurate it is on the unlabeled ones and says whether a retrain "
+                        "is worth it.")
             upload_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or a zip")
             upload_button = gr.Button("Upload", variant="primary")
             upload_summary = gr.Markdown(label="Summary")
             rejected = gr.Dataframe(headers=["file", "reason"], label="Rejected files")
-            upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False)
+            upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False, visible=False)
         with gr.Tab("Retrain"):
             gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels; unlabeled "
                         "ones are labeled by the current model, re-calibrated to the uploads' own statistics, when "
-                        "it is at least as confident as the threshold (and each class's surest half regardless); "
+                        "its calibrated confidence reaches the threshold (and each class's surest half regardless); "
                         "original training images are mixed in so nothing is forgotten. "
                         f"{PROMOTION_RULE} Predictions keep being served meanwhile.")
             with gr.Row():
-                threshold = gr.Slider(0.3, 0.99, value=train.RETRAIN["threshold"], step=0.01,
-                                      label="Pseudo-label confidence threshold")
+                threshold = gr.Slider(0.5, 0.999, value=train.RETRAIN["threshold"], step=0.001,
+                                      label="Pseudo-label confidence threshold (calibrated probability of being right)")
                 epochs = gr.Slider(1, 10, value=train.RETRAIN["epochs"], step=1, label="Epochs")
                 admin_key = gr.Textbox("", label="Admin key", type="password",
                                        visible=config.admin_key() is not None)
             retrain_button = gr.Button("Retrain on uploads", variant="primary")
             retrain_summary = gr.Markdown(label="Result")
-            before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out images, before and after")
+            before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Before and after")
             versions = gr.Dataframe(service.versions_table(), headers=VERSION_HEADERS, label="Versions")
             with gr.Row():
                 rollback_to = gr.Dropdown(version_choices(), label="Version", allow_custom_value=True)
@@ -140,15 +167,17 @@ def build(service: Service) -> gr.Blocks:
                 push_button = gr.Button("Push to the Hub")
                 refresh_versions = gr.Button("Refresh list")
             version_message = gr.Markdown(label="Message")
-        with gr.Tab("Metrics"):
+        with gr.Tab("Metrics") as metrics_tab:
             with gr.Row():
-                metrics_version = gr.Dropdown(version_choices(), label="Version (empty: current)",
+                metrics_version = gr.Dropdown(version_choices(), value=None, label="Version (empty: current)",
                                               allow_custom_value=True)
-                compare_version = gr.Dropdown(version_choices(), label="Compare with", allow_custom_value=True)
+                compare_version = gr.Dropdown(version_choices(), value=None, label="Compare with (empty: none)",
+                                              allow_custom_value=True)
                 show_metrics = gr.Button("Show", variant="primary")
             metrics_summary = gr.Markdown(label="Summary")
             per_class = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Scores")
             comparison = gr.Dataframe(headers=["metric", "version", "compared", "difference"], label="Side by side")
+            reliability_plot = gr.Image(type="filepath", label="Reliability on held-out images (calibrated)")
             with gr.Row():
                 confusion_plot = gr.Image(type="filepath", label="Confusion matrix")
                 history_plot = gr.Image(type="filepath", label="Training curves")
@@ -157,19 +186,33 @@ def build(service: Service) -> gr.Blocks:
                 confidence_plot = gr.Image(type="filepath", label="Confidence")
         with gr.Tab("Monitoring"):
             status = gr.Markdown(label="Status")
+            with gr.Row():
+                rate_plot = gr.LinePlot(x="time", y="predictions_per_minute", label="Predictions per minute",
+                                         y_title="predictions / min")
+                latency_plot = gr.LinePlot(x="time", y="latency_p95_ms", label="Latency p95", y_title="ms")
+                accuracy_plot = gr.LinePlot(x="time", y="estimated_accuracy", color="series", y_lim=[0, 1],
+                                            label="Estimated accuracy (no labels) against the held-out reference",
+                                            y_title="accuracy")
+            with gr.Row():
+                confidence_hist = gr.LinePlot(x="confidence", y="share", color="series", x_lim=[0, 1],
+                                              label="Confidence of served predictions against held-out images")
+                class_mix = gr.LinePlot(x="class", y="share", color="series", sort=list(CLASSES),
+                                        label="Predicted class mix against the training prior")
             stats = gr.Dataframe(headers=["endpoint", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"],
                                  label="Since start")
             gr.Markdown(LOCUST_HELP)
-            gr.Timer(5).tick(service.monitoring_view, None, [status, stats], api_visibility="private")
+            monitoring_outputs = [status, stats, rate_plot, latency_plot, accuracy_plot, confidence_hist, class_mix]
+            gr.Timer(5).tick(monitoring_panel, None, monitoring_outputs, api_visibility="private")
 
         # --- events: each named API endpoint is callable with gradio_client -----------------
-        classify.click(predict, image, [label, note], api_name="predict", concurrency_limit=None,
+        classify.click(predict, image, [label, note, all_confidences], api_name="predict", concurrency_limit=None,
                        preprocess=False).then(
-            bars, label, chart, api_visibility="private")
-        image.upload(predict, image, [label, note], api_visibility="private", preprocess=False).then(
-            bars, label, chart, api_visibility="private")
+            bars, all_confidences, chart, api_visibility="private")
+        image.upload(predict, image, [label, note, all_confidences], api_visibility="private", preprocess=False).then(
+            bars, all_confidences, chart, api_visibility="private")
         classify_many.click(shown(service.predict_files), many, [table, csv_file], api_name="predict_batch")
-        upload_button.click(upload, upload_files, [upload_summary, rejected, upload_plot], api_name="upload")
+        upload_button.click(upload, upload_files, [upload_summary, rejected, upload_plot], api_name="upload").then(
+            lambda path: gr.update(visible=path is not None), upload_plot, upload_plot, api_visibility="private")
         retrain_button.click(retrain, [threshold, epochs, admin_key],
                              [retrain_summary, before_after, versions, rollback_to, metrics_version],
                              api_name="retrain")
@@ -177,11 +220,14 @@ def build(service: Service) -> gr.Blocks:
                                                                    metrics_version], api_name="rollback")
         push_button.click(push, [rollback_to, admin_key], version_message, api_name="push")
         refresh_versions.click(service.versions_table, None, versions, api_name="versions")
-        show_metrics.click(metrics, [metrics_version, compare_version],
-                           [metrics_summary, per_class, comparison, confusion_plot, history_plot,
-                            distribution_plot, confidence_plot], api_name="metrics")
-        demo.load(service.monitoring_view, None, [status, stats], api_visibility="private")
+        metrics_outputs = [metrics_summary, per_class, comparison, confusion_plot, history_plot,
+                           distribution_plot, confidence_plot, reliability_plot]
+        show_metrics.click(metrics, [metrics_version, compare_version], metrics_outputs, api_name="metrics")
+        metrics_tab.select(metrics, [metrics_version, compare_version], metrics_outputs, api_visibility="private")
+        gr.api(service.monitoring, api_name="monitoring")
+        demo.load(monitoring_panel, None, monitoring_outputs, api_visibility="private")
         demo.load(versions_update, None, [versions, rollback_to, metrics_version], api_visibility="private")
+        demo.load(stored_uploads_plot, None, upload_plot, api_visibility="private")
     return demo
 
 

@@ -15,6 +15,7 @@ def _print_progress(fraction: float, message: str) -> None:
 
 def cmd_train(args) -> None:
     from . import data, evaluate, model as net, predict, registry, train, versions
+    from .learning import calibration
 
     started = time.time()
     x, y = data.load(args.data, "train")
@@ -26,6 +27,10 @@ def cmd_train(args) -> None:
                                       report=_print_progress, verbose=0)
     print(f"\ntrained {result.epochs} epochs in {result.seconds:.0f}s", flush=True)
     predictor = predict.Predictor(result.model)
+    fitted, _ = calibration.fit_on_holdout(predictor)
+    predictor.calibration, predictor.temperature = fitted, fitted["temperature"]
+    print(f"calibrated: temperature {fitted['temperature']:.3f}, held-out ECE {fitted['ece_before']:.2%} -> "
+          f"{fitted['ece']:.2%}", flush=True)
     metrics = evaluate.evaluate(predictor, x_test, y_test)
     metrics["accuracy_by_tta_level"] = {
         str(level): float((predict.Predictor(result.model, tta_level=level).predict_arrays(x_test).argmax(1)
@@ -39,7 +44,8 @@ def cmd_train(args) -> None:
         "serving": predict.measure_serving(predictor),
     }
     reg = registry.Registry(args.out)
-    version = versions.save_model_version(reg, "scratch", result.model, metadata, metrics, result.history)
+    version = versions.save_model_version(reg, "scratch", result.model, metadata, metrics, result.history,
+                                          calibration=fitted)
     reg.promote(version.id, reason="trained from scratch")
     print(f"saved version {version.id} in {version.path}", flush=True)
 
@@ -69,6 +75,56 @@ def cmd_evaluate(args) -> None:
         evaluate.save_png(evaluate.plot_history(json.loads((out / "history.json").read_text())),
                           out / "eval_history.png")
     print(f"wrote evaluation.json and eval_*.png in {out}")
+
+
+def _version_folder(path: str):
+    from .registry import Version
+
+    folder = Path(path)
+    folder = folder.parent if folder.suffix == ".keras" else folder
+    return Version(folder.name, folder)
+
+
+def cmd_calibrate(args) -> None:
+    """Fit and store the calibration of a version made before calibration existed."""
+    from . import predict, registry
+    from .learning import calibration
+
+    version = _version_folder(args.model)
+    if version.calibration and not args.force:
+        sys.exit(f"error: {version.path} already has {calibration.CALIBRATION_FILE}; versions are immutable "
+                 "(--force refits it)")
+    fitted, _ = calibration.fit_on_holdout(predict.Predictor.load(version.model_path, tta_level=args.tta))
+    registry.write_json_atomic(version.path / calibration.CALIBRATION_FILE, fitted)
+    print(f"{version.id}: temperature {fitted['temperature']:.4f}; ECE on {fitted['count']:,} held-out images "
+          f"{fitted['ece_before']:.2%} -> {fitted['ece']:.2%}; wrote {version.path / calibration.CALIBRATION_FILE}")
+
+
+def cmd_bench_calibration(args) -> None:
+    """ECE and top-1 of a version as the app serves it (its calibration, TTA) on a test split."""
+    import numpy as np
+
+    from . import data, predict
+    from .learning import calibration
+
+    version = _version_folder(args.model)
+    predictor = predict.Predictor.for_version(version, args.tta)
+    x, y = data.load(args.data, "test")
+    started = time.time()
+    logits = predictor.logits(x)
+    held = set(map(bytes, data.holdout()[0].reshape(2000, -1)))
+    unseen = np.array([bytes(row) not in held for row in x.reshape(len(x), -1)])
+    print(f"{version.id}, TTA level {args.tta}, temperature {predictor.temperature:.4f} "
+          f"(fitted on {predictor.calibration['fitted_on']}); {time.time() - started:.0f} s of inference")
+    print(f"| images | top-1 raw | top-1 calibrated | ECE raw ({calibration.ECE_BINS} bins) | ECE calibrated | "
+          "mean confidence raw | calibrated |\n|---|---|---|---|---|---|---|")
+    for name, rows in ((f"all {len(x):,} test images", np.ones(len(x), bool)),
+                       (f"the {int(unseen.sum()):,} not used to fit the temperature", unseen),
+                       (f"the {int((~unseen).sum()):,} held-out images it was fitted on", ~unseen)):
+        raw = calibration.reliability(calibration.softmax(logits[rows]), y[rows])
+        cal = calibration.reliability(calibration.softmax(logits[rows], predictor.temperature), y[rows])
+        print(f"| {name} | {raw['top1']:.2%} | {cal['top1']:.2%} | {raw['ece']:.2%} | {cal['ece']:.2%} | "
+              f"{raw['mean_confidence']:.1%} | {cal['mean_confidence']:.1%} |")
 
 
 def cmd_bench_serving(args) -> None:
@@ -148,7 +204,7 @@ def cmd_bench_retrain_time(args) -> None:
 def cmd_bench_retrain(args) -> None:
     from . import bench_retrain, train
 
-    shifts = args.shifts.split(",") if args.shifts else [*bench_retrain.SHIFTS, *bench_retrain.JUNK]
+    shifts = args.shifts.split(",") if args.shifts else [*bench_retrain.CLEAN, *bench_retrain.SHIFTS, *bench_retrain.JUNK]
     for setting in filter(None, (args.recipe or "").split(",")):  # e.g. epochs=8,lr_scale=0.2
         key, value = setting.split("=")
         if key not in train.RETRAIN:
@@ -181,6 +237,16 @@ def main(argv=None) -> None:
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")
     p.add_argument("--tta", type=int, default=2)
     p.set_defaults(run=cmd_bench_serving)
+    p = commands.add_parser("calibrate", help="fit and store the calibration of a version that has none")
+    p.add_argument("--model", required=True, help="a version folder")
+    p.add_argument("--tta", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=cmd_calibrate)
+    p = commands.add_parser("bench-calibration", help="calibration error of a version as served, on the test split")
+    p.add_argument("--model", required=True, help="a version folder")
+    p.add_argument("--data", default=None)
+    p.add_argument("--tta", type=int, default=2)
+    p.set_defaults(run=cmd_bench_calibration)
     p = commands.add_parser("bench-retrain-time", help="time one app retrain on N uploaded images")
     p.add_argument("--data", default=None)
     p.add_argument("--images", type=int, default=1000)

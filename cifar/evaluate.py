@@ -34,10 +34,17 @@ def evaluate(predictor, x: np.ndarray, y: np.ndarray) -> dict:
     """Metrics of `predictor` on (x, y), plus the confidences it gave (for the confidence plot)."""
     started = time.time()
     probabilities = predictor.predict_arrays(x)
+    return metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started)
+
+
+def metrics_from_probabilities(probabilities: np.ndarray, y: np.ndarray, tta_level: int, seconds: float) -> dict:
+    from .learning.calibration import reliability
+
     metrics = compute_metrics(y, probabilities.argmax(axis=1))
-    metrics["seconds"] = round(time.time() - started, 2)
-    metrics["tta_level"] = predictor.tta_level
+    metrics["seconds"] = round(seconds, 2)
+    metrics["tta_level"] = tta_level
     metrics["confidence_histogram"] = np.histogram(probabilities.max(axis=1), bins=20, range=(0, 1))[0].tolist()
+    metrics["ece"] = reliability(probabilities, y)["ece"]
     return metrics
 
 
@@ -95,16 +102,19 @@ def plot_history(history: dict, title: str = "Training curves"):
     return fig
 
 
-def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class distribution"):
-    """`counts` maps a series name (e.g. "training", "uploads") to {class: count}."""
+def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class distribution", shares: bool = False):
+    """`counts` maps a series name (e.g. "training", "uploads") to {class: count}; `shares`
+    draws each series as fractions of its total, so sets of different sizes compare."""
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
     positions = np.arange(len(CLASSES))
     width = 0.8 / max(1, len(counts))
     for i, (series, per_class) in enumerate(counts.items()):
-        ax.bar(positions + (i - (len(counts) - 1) / 2) * width, [per_class.get(c, 0) for c in CLASSES],
-               width, label=series)
+        values = np.array([per_class.get(c, 0) for c in CLASSES], float)
+        if shares:
+            values = values / max(1.0, values.sum())
+        ax.bar(positions + (i - (len(counts) - 1) / 2) * width, values, width, label=series)
     ax.set_xticks(positions, CLASSES, rotation=30, ha="right")
-    ax.set_ylabel("images"), ax.set_title(title), ax.legend(fontsize=8)
+    ax.set_ylabel("share of images" if shares else "images"), ax.set_title(title), ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -114,6 +124,26 @@ def plot_confidences(histogram: list[int], title: str = "Prediction confidence")
     edges = np.linspace(0, 1, len(histogram) + 1)
     ax.bar(edges[:-1], histogram, width=edges[1] - edges[0], align="edge", edgecolor="white")
     ax.set_xlabel("top-class probability"), ax.set_ylabel("images"), ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(calibrations: dict[str, dict]):
+    """Reliability diagrams side by side, one per version: accuracy against confidence in each
+    bin of held-out images (the diagonal is perfect calibration), bar width by bin share."""
+    fig, axes = plt.subplots(1, len(calibrations), figsize=(4.2 * len(calibrations), 3.8), squeeze=False)
+    for ax, (name, calib) in zip(axes[0], calibrations.items()):
+        bins = calib["reliability"]
+        edges = np.linspace(0, 1, len(bins["counts"]) + 1)
+        filled = np.asarray(bins["counts"]) > 0
+        ax.bar(edges[:-1][filled], np.asarray(bins["accuracy"])[filled], width=edges[1] - edges[0], align="edge",
+               edgecolor="white", label="accuracy in bin")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o-", color="C1",
+                ms=3, label="confidence -> accuracy")
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_xlabel("confidence"), ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}\nECE {calib['ece']:.2%} (uncalibrated {calib['ece_before']:.2%})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 

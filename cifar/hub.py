@@ -12,7 +12,7 @@ from pathlib import Path
 from . import config
 from .registry import Registry, Version
 
-PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "README.md",
+PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "calibration.json", "README.md",
                 "confusion.png", "history.png"]
 
 

@@ -5,6 +5,9 @@ import keras
 import numpy as np
 
 from . import CLASSES, images
+from .learning import estimate
+from .learning import calibration
+from .learning.calibration import softmax
 
 # Logit weights of the test-time views (airbench's TTA level 2): the image and its mirror,
 # then both shifted one pixel up-left and down-right. Flip averaging alone: TTA_LEVEL=1.
@@ -28,17 +31,18 @@ def tta_views(x: np.ndarray, level: int = TTA_LEVEL) -> list[tuple[float, np.nda
     return views
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class Predictor:
-    """Wraps one Keras model; thread-safe; `predict_arrays` takes (N, 32, 32, 3) uint8."""
+    """Wraps one Keras model; thread-safe; `predict_arrays` takes (N, 32, 32, 3) uint8.
 
-    def __init__(self, model: keras.Model, version: str = "", tta_level: int = TTA_LEVEL, batch_size: int = 256):
+    `calibration` (a version's calibration.json) supplies the temperature that makes the
+    probabilities honest, and the reference the accuracy estimate and the monitor use; without
+    one the probabilities are the network's raw softmax."""
+
+    def __init__(self, model: keras.Model, version: str = "", tta_level: int = TTA_LEVEL, batch_size: int = 256,
+                 calibration: dict | None = None):
         self.model, self.version, self.tta_level, self.batch_size = model, version, tta_level, batch_size
+        self.calibration = calibration or {}
+        self.temperature = float(self.calibration.get("temperature", 1.0))
         self._lock = threading.Lock()
 
     @classmethod
@@ -46,6 +50,14 @@ class Predictor:
         from . import model as _registers_custom_layers  # noqa: F401
 
         return cls(keras.saving.load_model(path, compile=False), version, **kwargs)
+
+    @classmethod
+    def for_version(cls, version, tta_level: int = TTA_LEVEL, cache_dir=None) -> "Predictor":
+        """A registry version with its calibration (fitted now if it never was)."""
+        predictor = cls.load(version.model_path, version=version.id, tta_level=tta_level)
+        predictor.calibration = calibration.for_version(version, tta_level, cache_dir, predictor)
+        predictor.temperature = float(predictor.calibration["temperature"])
+        return predictor
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         out = np.zeros((len(x), len(CLASSES)), dtype=np.float32)
@@ -73,8 +85,14 @@ class Predictor:
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:rows]
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10)."""
-        return softmax(self.logits(x))
+        """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
+        return softmax(self.logits(x), self.temperature)
+
+    def estimate_accuracy(self, probabilities: np.ndarray) -> float | None:
+        """Expected accuracy on these unlabeled images (None without a calibration)."""
+        if "atc_threshold" not in self.calibration or not len(probabilities):
+            return None
+        return estimate.estimate_accuracy(probabilities, self.calibration["atc_threshold"])
 
     def predict_images(self, sources) -> np.ndarray:
         """Probabilities for images of any kind `images.to_array` accepts."""

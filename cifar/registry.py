@@ -1,7 +1,7 @@
 """Model versions on disk: save, list, promote, rollback. Every change is atomic.
 
 Layout under the registry root:
-    versions/<id>/model.keras, metadata.json, metrics.json, history.json, README.md
+    versions/<id>/model.keras, metadata.json, metrics.json, history.json, calibration.json, README.md
     state.json            {"current": id, "promotions": [[utc, id, reason], ...]}
 A version folder is written under a temporary name and renamed into place in one step, and
 state.json is replaced with os.replace, so a process killed at any moment leaves either the
@@ -65,6 +65,11 @@ class Version:
     @property
     def history(self) -> dict:
         return self.read("history")
+
+    @property
+    def calibration(self) -> dict:
+        """Temperature and held-out reference (cifar.learning.calibration), {} if never fitted."""
+        return self.read("calibration")
 
 
 class Registry:

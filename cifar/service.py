@@ -15,18 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, data, evaluate, images, train, versions
-from .monitor import Monitor
+from . import CLASSES, config, data, evaluate, images, train
+from .learning import calibration, retrain as learning_retrain
+from .monitor import ALERT_DROP, Monitor
 from .predict import MicroBatcher, Predictor
 from .registry import Registry, RegistryError, new_version_id, write_json_atomic
 from .uploads import UploadStore
 
 log = logging.getLogger("cifar")
 
-PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
-PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
-                  "point below the current one on 2,000 held-out test images.")
-UNSURE_BELOW = 0.5           # top confidence under which the UI says "not sure"
+UNSURE_BELOW = 0.5           # top (calibrated) confidence under which the UI says "not sure"
 
 
 class UserError(ValueError):
@@ -72,7 +70,7 @@ class Service:
         self.registry.promote(current, reason="shipped model")
 
     def _load(self, version_id: str) -> Predictor:
-        return Predictor.load(self.registry.get(version_id).model_path, version=version_id, tta_level=self.tta_level)
+        return Predictor.for_version(self.registry.get(version_id), self.tta_level, config.cache_dir())
 
     @property
     def predictor(self) -> Predictor:
@@ -100,17 +98,25 @@ class Service:
         except OSError:
             raise UserError("Cannot read this image: the file could not be opened.") from None
 
+    def _observed(self, endpoint: str, fn, count: int = 1) -> np.ndarray:
+        """`fn` returns served probabilities (N, 10): time it, and keep their statistics for the
+        field estimate (never the images)."""
+        started = time.perf_counter()
+        probabilities = self._timed(endpoint, fn, count)
+        threshold = self._predictor.calibration.get("atc_threshold")
+        self.monitor.observe(probabilities, time.perf_counter() - started, threshold)
+        return probabilities
+
     def predict(self, source) -> dict[str, float]:
-        """Confidences {class: probability} of one image. Concurrent calls share network calls
-        through the micro-batcher (unless CIFAR_MAX_BATCH=1)."""
+        """Calibrated confidences {class: probability} of one image. Concurrent calls share
+        network calls through the micro-batcher (unless CIFAR_MAX_BATCH=1)."""
         def run():
             x = self._array(source)
             if self.batcher:
-                p = self.batcher.predict(x)
-            else:
-                p = self._predictor.predict_arrays(x[None])[0]
-            return {c: float(p[i]) for i, c in enumerate(CLASSES)}
-        return self._timed("predict", run)
+                return self.batcher.predict(x)[None]
+            return self._predictor.predict_arrays(x[None])
+        p = self._observed("predict", run)[0]
+        return {c: float(p[i]) for i, c in enumerate(CLASSES)}
 
     @staticmethod
     def unsure_note(confidences: dict[str, float]) -> str:
@@ -133,8 +139,8 @@ class Service:
             except images.ImageError as exc:
                 rows.append([name, "error", str(exc).removeprefix(f"{name}: ")])
         if arrays:
-            probabilities = self._timed("predict_batch", lambda: self._predictor.predict_arrays(np.stack(arrays)),
-                                        count=len(arrays))
+            probabilities = self._observed("predict_batch", lambda: self._predictor.predict_arrays(np.stack(arrays)),
+                                           count=len(arrays))
             for row_index, p in zip(good, probabilities):
                 rows[row_index][1:] = [CLASSES[int(p.argmax())], round(float(p.max()), 4)]
         out = Path(tempfile.mkdtemp(prefix="predictions-")) / "predictions.csv"
@@ -149,20 +155,52 @@ class Service:
         if not paths:
             raise UserError("No files given: choose images or one zip of images.")
         return self._timed("upload", lambda: self.uploads.add(
-            paths, batch=new_version_id("upload"), predict=lambda x: self._predictor.predict_arrays(x).argmax(axis=1)))
+            paths, batch=new_version_id("upload"), predict=self._predictor.predict_arrays))
 
-    def upload_plot(self) -> str:
+    def upload_plot(self, report=None) -> str | None:
+        """Class mix of the store (and of this upload, as the model sees it) beside the training
+        mix, as shares; None while the store is empty."""
         records = self.uploads.records()
-        return self._plot("uploads", f"by-class-{len(records)}",
-                          lambda: evaluate.plot_distribution(self.uploads.counts(records), "Uploaded images by class"))
+        if not records:
+            return None
+        counts = self.uploads.counts(records)
+        series = {"training data": self.training_distribution(self.registry.current())}
+        if report is not None and report.probabilities is not None and len(report.probabilities):
+            predicted = np.bincount(report.probabilities.argmax(axis=1), minlength=len(CLASSES))
+            series["this upload, predicted"] = {c: int(predicted[i]) for i, c in enumerate(CLASSES)}
+            key = f"{report.batch}-{len(records)}"
+        else:
+            key = f"store-{len(records)}"
+        series.update({f"all uploads, {name}": per_class for name, per_class in counts.items()
+                       if sum(per_class.values())})
+        return self._plot("uploads", key, lambda: evaluate.plot_distribution(
+            series, "Uploads by class, as shares of each series", shares=True))
 
     def upload_summary(self, report) -> tuple[str, list[list]]:
-        """A sentence for people and the rejected files as table rows."""
+        """A sentence for people (with the estimated accuracy on these images) and the rejected
+        files as table rows."""
         total = len(self.uploads.records())
         text = (f"**{report.accepted} accepted** ({report.labeled} labeled, {report.accepted - report.labeled} unlabeled), "
                 f"{report.duplicates} duplicates skipped, **{len(report.rejected)} rejected**. "
                 f"The store holds {total} images.")
+        estimate = self.upload_estimate(report)
+        if estimate:
+            text += "\n\n" + estimate
         return text, [[r.file, r.reason] for r in report.rejected]
+
+    def upload_estimate(self, report) -> str:
+        """'Estimated accuracy on these N images: 64% (91.8% on held-out images): retraining is
+        recommended', from the model's own outputs (no labels needed)."""
+        probabilities = report.probabilities
+        estimated = self._predictor.estimate_accuracy(probabilities) if probabilities is not None else None
+        if estimated is None:
+            return ""
+        reference = self._predictor.calibration["reference_accuracy"]
+        text = (f"Estimated accuracy of the current model on these {len(probabilities):,} images: "
+                f"**{estimated:.0%}** ({reference:.1%} on the held-out test images)")
+        if estimated < reference - ALERT_DROP:
+            return text + ": they look unlike what it was trained on; **retraining on them is recommended** (Retrain tab)."
+        return text + ": the model knows images like these; retraining is optional."
 
     # --- versions ------------------------------------------------------------------------
     def check_admin(self, key: str | None) -> None:
@@ -182,10 +220,13 @@ class Service:
         return rows
 
     def _swap(self, version_id: str) -> None:
-        predictor = self._load(version_id)
+        self._serve(self._load(version_id))
+
+    def _serve(self, predictor: Predictor) -> None:
         predictor.warm_up()
         with self._swap_lock:  # requests in flight finish on the old predictor
             self._predictor = predictor
+        self.monitor.reset_window()  # the field statistics described the previous version
 
     def _make_current(self, key: str | None, change) -> str:
         """Run a registry change (promote or rollback), then serve the version it made current."""
@@ -216,82 +257,31 @@ class Service:
 
     def retrain(self, threshold: float | None = None, epochs: int | None = None, key: str | None = None,
                 report=None) -> dict:
-        """Fine-tune the current version on all uploads (pseudo-labelling the unlabeled ones),
-        save it as a new version, and promote it if it is not worse on the held-out images."""
+        """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
+        version, and serve it if the promotion rule lets it; one retrain at a time."""
         self.check_admin(key)
         if not self._retrain_lock.acquire(blocking=False):
             since = time.strftime("%H:%M:%S", time.gmtime(self.retrain_started or time.time()))
             raise UserError(f"A retrain is already running (since {since} UTC); wait for it to finish.")
         try:
             self.retrain_started = time.time()
-            return self._retrain(threshold if threshold is not None else train.RETRAIN["threshold"],
-                                 epochs, report or (lambda f, m: None))
+            serving = self._predictor
+            report = report or (lambda f, m: None)
+            try:
+                result, candidate = learning_retrain.run(
+                    self.registry, self.uploads, serving, self.holdout_accuracy(serving.version, serving),
+                    threshold if threshold is not None else train.RETRAIN["threshold"], epochs, report)
+            except learning_retrain.NothingToLearn as exc:
+                raise UserError(str(exc)) from None
+            write_json_atomic(config.cache_dir() / f"holdout-{result['version']}.json", result["after"])
+            if result["promoted"]:
+                report(0.95, "switching predictions to the new version")
+                self._serve(candidate)
+            self.push_in_background(result["version"])
+            return result
         finally:
             self.retrain_started = None
             self._retrain_lock.release()
-
-    def _retrain(self, threshold: float, epochs: int | None, report) -> dict:
-        started = time.time()
-        x_up, y_up, _ = self.uploads.load()
-        if len(x_up) == 0:
-            raise UserError("Nothing to retrain on: upload images first (Bulk upload tab).")
-        parent = self.registry.current()
-        serving = self._predictor
-        log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
-        report(0.02, "pseudo-labelling unlabeled uploads")
-        unlabeled = y_up < 0
-        probabilities = (train.upload_probabilities(parent.model_path, x_up[unlabeled], self.tta_level)
-                         if unlabeled.any() else np.zeros((0, 10)))
-        guessed, confident = train.pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
-                                                 train.RETRAIN["min_recognised"])
-        labels = y_up.copy()
-        labels[np.flatnonzero(unlabeled)] = guessed
-        keep = ~unlabeled
-        keep[np.flatnonzero(unlabeled)[confident]] = True
-        if not keep.any():
-            recognised = float((probabilities.max(axis=1) >= threshold).mean()) if len(probabilities) else 0.0
-            raise UserError(
-                f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
-                f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
-                f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
-                "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
-        report(0.05, "loading original training images to mix in")
-        x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
-        repeats = train.RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
-        x_train = np.concatenate([*[x_up[keep]] * repeats, x_replay])
-        y_train = np.concatenate([*[labels[keep]] * repeats, y_replay])
-        result = train.finetune(parent.model_path, x_train, y_train, epochs,
-                                report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
-        report(0.82, "judging the new version on held-out images")
-        before = self.holdout_accuracy(parent.id, serving)
-        after = evaluate.evaluate(Predictor(result.model, tta_level=self.tta_level), *data.holdout())
-        metadata = {
-            "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
-            "train_count": int(len(x_train)),
-            "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
-            "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
-            "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
-            "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
-            "eval_data": "assets/holdout.npz (2,000 CIFAR-10 test images)", "eval_count": after["count"],
-        }
-        log.info("retrain trained in %.0f s; saving the new version", result.seconds)
-        version = versions.save_model_version(self.registry, "retrain", result.model, metadata, after, result.history)
-        self.holdout_accuracy(version.id, Predictor(result.model, tta_level=self.tta_level))  # cache it
-        promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
-        if promoted:
-            reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
-                      f"(tolerance {PROMOTION_TOLERANCE:.0%})")
-            self.registry.promote(version.id, reason=reason)
-            report(0.95, "switching predictions to the new version")
-            self._swap(version.id)
-            why = f"Promoted: {reason}."
-        else:
-            why = (f"Not promoted: held-out accuracy fell from {before['accuracy']:.2%} to {after['accuracy']:.2%}, "
-                   f"more than the {PROMOTION_TOLERANCE:.0%} tolerance. {parent.id} stays current.")
-        self.push_in_background(version.id)
-        return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
-                "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
-                "labeled": int((~unlabeled).sum()), "seconds": round(time.time() - started, 1)}
 
     # --- Hub -----------------------------------------------------------------------------
     def push_in_background(self, version_id: str) -> None:
@@ -331,29 +321,40 @@ class Service:
             raise UserError(str(exc)) from None
         return version, version.metrics
 
+    def _calibration(self, version) -> dict:
+        if version.id == self._predictor.version:
+            return self._predictor.calibration
+        return calibration.for_version(version, self.tta_level, config.cache_dir())
+
     def metrics_view(self, version_id: str | None, compare_id: str | None = None) -> dict:
         """Everything the Metrics tab shows for a version (and a second one side by side)."""
         version, metrics = self.version_metrics(version_id)
         if not metrics:
             raise UserError(f"Version {version.id} has no metrics.")
-        meta = version.metadata
+        meta, calib = version.metadata, self._calibration(version)
+        ece = (f"; calibration error (ECE, {calib['bins']} bins) **{calib['ece']:.2%}** "
+               f"(uncalibrated {calib['ece_before']:.2%}, temperature {calib['temperature']:.3f})" if calib else "")
         summary = (f"**{version.id}**: accuracy **{metrics['accuracy']:.2%}**, macro F1 {metrics['macro']['f1']:.4f} "
-                   f"on {metrics['count']:,} images ({meta.get('eval_data', 'test split')}); "
+                   f"on {metrics['count']:,} images ({meta.get('eval_data', 'test split')}){ece}; "
                    f"trained {meta.get('train_seconds', '?')} s on {meta.get('train_count', '?')} images.")
         rows = [[c, round(r["precision"], 4), round(r["recall"], 4), round(r["f1"], 4), r["support"]]
                 for c, r in metrics["per_class"].items()]
         rows.append(["macro", *(round(metrics["macro"][k], 4) for k in ("precision", "recall", "f1")), metrics["count"]])
-        compare = []
+        compare, diagrams = [], {version.id: calib}
         if compare_id:
             other, other_metrics = self.version_metrics(compare_id)
+            other_calib = self._calibration(other)
+            diagrams[other.id] = other_calib
             pairs = [("accuracy", metrics["accuracy"], other_metrics.get("accuracy")),
-                     ("macro F1", metrics["macro"]["f1"], other_metrics.get("macro", {}).get("f1"))]
+                     ("macro F1", metrics["macro"]["f1"], other_metrics.get("macro", {}).get("f1")),
+                     ("ECE (held-out)", calib.get("ece"), other_calib.get("ece"))]
             pairs += [(f"F1 {c}", metrics["per_class"][c]["f1"], other_metrics.get("per_class", {}).get(c, {}).get("f1"))
                       for c in CLASSES]
-            compare = [[name, round(a, 4), None if b is None else round(b, 4),
-                        None if b is None else round(a - b, 4)] for name, a, b in pairs]
+            compare = [[name, None if a is None else round(a, 4), None if b is None else round(b, 4),
+                        None if a is None or b is None else round(a - b, 4)] for name, a, b in pairs]
         records = self.uploads.records()  # read the manifest once per view
         distribution = {"training data": self.training_distribution(version), **self.uploads.counts(records)}
+        drawn = {k: v for k, v in diagrams.items() if v}
         return {
             "summary": summary, "rows": rows, "compare": compare,
             "confusion": self._plot(version.id, "confusion",
@@ -363,8 +364,12 @@ class Service:
             # The manifest is append-only: its length identifies the upload counts drawn.
             "distribution": self._plot(version.id, f"distribution-{len(records)}",
                                        lambda: evaluate.plot_distribution(distribution, "Class distribution")),
-            "confidence": self._plot(version.id, "confidence", lambda: evaluate.plot_confidences(
-                metrics.get("confidence_histogram", [0] * 20), "Confidence of predictions on the evaluation images")),
+            "confidence": self._plot(version.id, "confidence-calibrated" if calib else "confidence", lambda: (
+                evaluate.plot_confidences(calib["confidence_histogram"], "Calibrated confidence on the held-out images")
+                if calib else evaluate.plot_confidences(metrics.get("confidence_histogram", [0] * 20),
+                                                        "Confidence of predictions on the evaluation images"))),
+            "reliability": self._plot(version.id, f"reliability-{'-'.join(drawn)}", lambda: evaluate.plot_reliability(
+                drawn)) if drawn else None,
         }
 
     @staticmethod
@@ -378,15 +383,43 @@ class Service:
             partial.replace(path)
         return str(path)
 
-    def monitoring_view(self) -> tuple[str, list[list]]:
-        rows = self.monitor.snapshot()
+    def monitoring(self) -> dict:
+        """The model in the field as plain numbers (the /monitoring endpoint): the rolling
+        window's estimated accuracy against the held-out reference, the alert, the mixes."""
+        predictor = self._predictor
+        training = self.training_distribution(self.registry.get(predictor.version))
+        total = max(1, sum(training.values()))
+        field = self.monitor.field(predictor.calibration, {c: n / total for c, n in training.items()})
+        field.update(version=predictor.version, tta_level=predictor.tta_level, uptime_s=round(self.monitor.uptime(), 1),
+                     retrain="running" if self.retrain_started else "idle", hub=self.hub_status,
+                     endpoints=self.monitor.snapshot())
+        if field["alert"]:
+            field["alert_message"] = (
+                f"Estimated accuracy on the last {field['predictions']:,} predictions is {field['estimated_accuracy']:.1%}, "
+                f"more than {ALERT_DROP:.0%} below the {field['reference_accuracy']:.1%} measured on held-out images: "
+                "what people send looks unlike the training images. Upload such images (Bulk upload tab) and retrain "
+                "(Retrain tab).")
+        return field
+
+    def monitoring_view(self) -> tuple[str, list[list], dict]:
+        """Status text (with the alert, if any), the per-endpoint table, and the field numbers."""
+        field = self.monitoring()
         batching = (f"micro-batching up to {self.batcher.max_batch} images a call "
                     f"({self.batcher.images} images in {self.batcher.batches} calls so far)"
                     if self.batcher else "batching off (CIFAR_MAX_BATCH=1)")
-        retrain = "running" if self.retrain_started else "idle"
-        text = (f"Current version **{self._predictor.version}**; up {self.monitor.uptime() / 60:.1f} min; "
-                f"{batching}; retrain {retrain}; Hub: {self.hub_status}.")
-        return text, [[r["endpoint"], r["requests"], r["errors"], r["p50 ms"], r["p95 ms"], r["p99 ms"]] for r in rows]
+        text = (f"Current version **{field['version']}**; up {field['uptime_s'] / 60:.1f} min; "
+                f"{batching}; retrain {field['retrain']}; Hub: {self.hub_status}.")
+        if field["estimated_accuracy"] is None:
+            text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
+        else:
+            text += (f"\n\nEstimated accuracy on the last {field['predictions']:,} predictions: "
+                     f"**{field['estimated_accuracy']:.1%}** (held-out reference {field['reference_accuracy']:.1%}; "
+                     f"mean confidence {field['mean_confidence']:.1%}).")
+        if field["alert"]:
+            text = f"### ⚠️ Accuracy drop\n{field['alert_message']}\n\n" + text
+        rows = [[r["endpoint"], r["requests"], r["errors"], r["p50 ms"], r["p95 ms"], r["p99 ms"]]
+                for r in field["endpoints"]]
+        return text, rows, field
 
     def training_distribution(self, version) -> dict[str, int]:
         meta = version.metadata

@@ -38,6 +38,7 @@ class UploadReport:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     batch: str = ""
+    probabilities: np.ndarray | None = None  # the model's view of each accepted image, (accepted, 10)
 
 
 def label_from_name(name: str) -> int | None:
@@ -140,7 +141,8 @@ class UploadStore:
     def add(self, paths, batch: str, predict=None) -> UploadReport:
         """Validate and store images from `paths` (image files and zips).
 
-        `predict(arrays) -> class indices` records the current model's view of each image.
+        `predict(arrays) -> probabilities (N, 10)` records the current model's view of each image:
+        its class and calibrated confidence in the manifest, the probabilities in the report.
         """
         report = UploadReport(batch=batch)
         candidates: list[tuple[str, np.ndarray, int | None]] = []
@@ -165,6 +167,7 @@ class UploadStore:
                     continue
                 candidates.append((name, array, label_from_name(name)))
         predicted = predict(np.stack([c[1] for c in candidates])) if predict and candidates else None
+        accepted_rows = []
         with self._lock, open(self.manifest, "a") as manifest:
             for i, (name, array, label) in enumerate(candidates):
                 digest = hashlib.sha1(array.tobytes()).hexdigest()
@@ -180,10 +183,14 @@ class UploadStore:
                 os.replace(tmp, self.images_dir / image_name)
                 record = {"image": image_name, "sha1": digest, "file": PurePosixPath(name).name[:200],
                           "label": CLASSES[label] if label is not None else None, "batch": batch,
-                          "predicted": CLASSES[int(predicted[i])] if predicted is not None else None}
+                          "predicted": CLASSES[int(predicted[i].argmax())] if predicted is not None else None,
+                          "confidence": round(float(predicted[i].max()), 4) if predicted is not None else None}
                 manifest.write(json.dumps(record) + "\n")
+                accepted_rows.append(i)
                 report.accepted += 1
                 report.labeled += label is not None
             manifest.flush()
             os.fsync(manifest.fileno())
+        if predicted is not None:
+            report.probabilities = np.asarray(predicted)[accepted_rows]
         return report

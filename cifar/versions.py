@@ -30,8 +30,9 @@ def machine() -> str:
 
 
 def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict, metrics: dict,
-                       history: dict) -> registry.Version:
-    """Write model.keras, metadata.json (with file size), metrics.json, history.json and the card."""
+                       history: dict, calibration: dict | None = None) -> registry.Version:
+    """Write model.keras, metadata.json (with file size), metrics.json, history.json,
+    calibration.json (cifar.learning.calibration.fit) and the card."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
                 "command": shell_command(), "libraries": library_versions(), "machine": machine(), **metadata}
@@ -45,9 +46,11 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
     def write(folder: Path):
         serving_model.save(folder / registry.MODEL_FILE)
         metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
-        for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history)):
-            (folder / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
-        (folder / "README.md").write_text(card.model_card(version_id, metadata, metrics))
+        for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history),
+                           ("calibration", calibration)):
+            if data is not None:
+                (folder / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+        (folder / "README.md").write_text(card.model_card(version_id, metadata, metrics, calibration))
         if metrics.get("confusion_matrix"):
             evaluate.save_png(evaluate.plot_confusion(metrics), folder / "confusion.png")
         if history.get("loss"):

@@ -86,7 +86,7 @@ def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):
     after = client.predict(api_name="/versions")["data"]
     assert len(after) == len(before) + 1
     new_id = after[0][0]
-    assert new_id.endswith("-retrain") and comparison["data"][0][0] == "accuracy"
+    assert new_id.endswith("-retrain") and comparison["data"][0][0] == "held-out accuracy"
 
     summary, scores, side, *plots = client.predict(new_id, before[0][0], api_name="/metrics")
     assert new_id in summary and len(scores["data"]) == 11 and side["data"][0][0] == "accuracy"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar import bench_retrain, data, predict, train
+from cifar import bench_retrain, data, predict
+from cifar.learning.pseudo_labels import upload_probabilities
 from cifar.service import Service, UserError
 
 
@@ -35,7 +36,7 @@ def test_pseudo_labels_from_adapted_statistics_beat_the_stored_ones_under_shift(
     picks = data.balanced_subset(y, 40, seed=0)
     shifted = bench_retrain.apply_shift("contrast", x[picks], seed=1)
     plain = predict.Predictor.load(_shipped_path()).predict_arrays(shifted).argmax(1)
-    adapted = train.upload_probabilities(_shipped_path(), shifted, tta_level=2).argmax(1)
+    adapted = upload_probabilities(_shipped_path(), shifted, tta_level=2).argmax(1)
     assert (adapted == y[picks]).mean() > (plain == y[picks]).mean() + 0.05
 
 

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 
 from cifar import data, model as net, predict, registry, train, versions
+from cifar.learning.pseudo_labels import pseudo_labels
 
 
 def test_short_training_learns_and_round_trips(test_split, tmp_path):
@@ -39,7 +40,7 @@ def test_augmentations_keep_shapes_and_flip_halves():
 
 def test_pseudo_labels_respect_threshold():
     p = np.array([[0.95, 0.05] + [0] * 8, [0.6, 0.4] + [0] * 8])
-    labels, mask = train.pseudo_labels(p, 0.9)
+    labels, mask = pseudo_labels(p, 0.9)
     assert labels.tolist() == [0, 0] and mask.tolist() == [True, False]
 
 
@@ -47,7 +48,7 @@ def test_pseudo_labels_keep_each_classs_surest_share_when_none_clear_the_thresho
     p = np.full((6, 10), 0.05)
     for row, (label, confidence) in enumerate([(0, 0.5), (0, 0.4), (0, 0.3), (0, 0.2), (3, 0.35), (3, 0.3)]):
         p[row, label] = confidence
-    labels, mask = train.pseudo_labels(p, 0.9, min_fraction=0.5)
+    labels, mask = pseudo_labels(p, 0.9, min_fraction=0.5)
     assert labels.tolist() == [0, 0, 0, 0, 3, 3]
     assert mask.tolist() == [True, True, False, False, True, False]
 
@@ -80,9 +81,9 @@ def test_pseudo_labels_keep_none_when_too_few_are_recognised():
     p = np.full((20, 10), 0.08)
     p[:, 3] = 0.28                       # every image a weak "cat"
     p[0, 3], p[0, 0] = 0.9, 0.01         # one confident image: 5% recognised
-    labels, mask = train.pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.1)
+    labels, mask = pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.1)
     assert (labels == 3).all() and not mask.any()
-    labels, mask = train.pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.05)
+    labels, mask = pseudo_labels(p, 0.75, min_fraction=0.5, min_recognised=0.05)
     assert mask.sum() == 10              # at the bar: the class's surest half is kept
 
 

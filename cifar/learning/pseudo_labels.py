@@ -1,0 +1,37 @@
+"""Labels for unlabeled uploads: from a copy of the model adapted to them, with a junk guard."""
+import numpy as np
+
+from ..train import RETRAIN, refresh_batchnorm
+
+
+def pseudo_labels(probabilities: np.ndarray, threshold: float, min_fraction: float = 0.0,
+                  min_recognised: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Hard labels and the mask of those to train on: every prediction at or above `threshold`,
+    plus, class by class, the most confident `min_fraction` of the images predicted as that class
+    (so a shift that lowers all confidences still yields class-balanced pseudo-labels). When
+    fewer than `min_recognised` of the images clear the threshold, none is kept: the model does
+    not recognise them as pictures of its classes, and their 'surest' labels would be noise."""
+    labels, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    keep = confidence >= threshold
+    if len(keep) and keep.mean() < min_recognised:
+        return labels, np.zeros_like(keep)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        surest = members[np.argsort(-confidence[members])[:int(np.ceil(min_fraction * len(members)))]]
+        keep[surest] = True
+    return labels, keep
+
+
+def upload_probabilities(model_path, x: np.ndarray, tta_level: int, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of unlabeled uploads from a copy of the model whose BatchNorm
+    statistics are re-estimated on the uploads themselves (AdaBN), when there are enough of
+    them. Under a shift (noise, blur, haze...) the stored statistics no longer fit the
+    activations; refreshing them alone recovers much of the accuracy, so the pseudo-labels
+    taught to the new version are more often right. `temperature`: the version's calibration,
+    so the threshold reads as a probability of being right."""
+    from ..predict import Predictor
+
+    model = Predictor.load(model_path).model
+    if len(x) >= RETRAIN["adapt_min"]:
+        refresh_batchnorm(model, x, batches=8, batch_size=min(500, len(x)))
+    return Predictor(model, tta_level=tta_level, calibration={"temperature": temperature}).predict_arrays(x)

@@ -1,0 +1,111 @@
+"""One retrain: pseudo-label the uploads, fine-tune, calibrate, judge, and the promotion rule.
+
+The caller (cifar.service) owns the locks, the swap of the serving predictor and the Hub push;
+this module only turns (current version, uploads) into a saved new version and a verdict.
+"""
+import logging
+import time
+
+import numpy as np
+
+from .. import CLASSES, data, evaluate, train, versions
+from ..predict import Predictor
+from . import calibration
+from .pseudo_labels import pseudo_labels, upload_probabilities
+
+log = logging.getLogger("cifar")
+
+PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
+PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
+                  "point below the current one on 2,000 held-out test images.")
+HOLDOUT_NAME = "assets/holdout.npz (2,000 CIFAR-10 test images)"
+
+
+class NothingToLearn(ValueError):
+    """The uploads give the retrain nothing to train on; the message says why and what to do."""
+
+
+def judge(predictor: Predictor) -> tuple[dict, dict]:
+    """Metrics of a freshly trained model on the held-out images, and its calibration fitted on
+    the same logits (one pass of the network for both)."""
+    x, y = data.holdout()
+    started = time.time()
+    fitted, logits = calibration.fit_on_holdout(predictor, HOLDOUT_NAME)
+    probabilities = calibration.softmax(logits, fitted["temperature"])
+    return evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started), fitted
+
+
+def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
+        report) -> tuple[dict, Predictor]:
+    """Fine-tune the current version on every upload and save the result as a new version.
+
+    `serving` is the current version's predictor, `before` its held-out metrics. Returns the
+    result (what the UI shows) and a predictor of the new version, ready to serve if promoted.
+
+    Raises:
+        NothingToLearn: no uploads, or unlabeled uploads the model does not recognise (junk).
+    """
+    started = time.time()
+    x_up, y_up, _ = uploads.load()
+    if len(x_up) == 0:
+        raise NothingToLearn("Nothing to retrain on: upload images first (Bulk upload tab).")
+    parent = registry.current()
+    log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
+    report(0.02, "pseudo-labelling unlabeled uploads")
+    unlabeled = y_up < 0
+    probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature)
+                     if unlabeled.any() else np.zeros((0, 10)))
+    guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
+                                       train.RETRAIN["min_recognised"])
+    labels = y_up.copy()
+    labels[np.flatnonzero(unlabeled)] = guessed
+    keep = ~unlabeled
+    keep[np.flatnonzero(unlabeled)[confident]] = True
+    if not keep.any():
+        recognised = float((probabilities.max(axis=1) >= threshold).mean()) if len(probabilities) else 0.0
+        raise NothingToLearn(
+            f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
+            f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
+            f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
+            "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
+    report(0.05, "loading original training images to mix in")
+    x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
+    repeats = train.RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
+    x_train = np.concatenate([*[x_up[keep]] * repeats, x_replay])
+    y_train = np.concatenate([*[labels[keep]] * repeats, y_replay])
+    result = train.finetune(parent.model_path, x_train, y_train, epochs,
+                            report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
+    report(0.82, "judging and calibrating the new version on held-out images")
+    candidate = Predictor(result.model, tta_level=serving.tta_level)
+    after, fitted = judge(candidate)
+    candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
+    report(0.9, "estimating accuracy on the uploads, before and after")
+    estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up))
+    estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up))
+    metadata = {
+        "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+        "train_count": int(len(x_train)),
+        "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
+        "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
+        "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
+        "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
+        "eval_data": HOLDOUT_NAME, "eval_count": after["count"],
+        "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
+    }
+    log.info("retrain trained in %.0f s; saving the new version", result.seconds)
+    version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
+                                          calibration=fitted)
+    candidate.version = version.id
+    promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
+    if promoted:
+        reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
+                  f"(tolerance {PROMOTION_TOLERANCE:.0%})")
+        registry.promote(version.id, reason=reason)
+        why = f"Promoted: {reason}."
+    else:
+        why = (f"Not promoted: held-out accuracy fell from {before['accuracy']:.2%} to {after['accuracy']:.2%}, "
+               f"more than the {PROMOTION_TOLERANCE:.0%} tolerance. {parent.id} stays current.")
+    return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
+            "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
+            "labeled": int((~unlabeled).sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
+            "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1)}, candidate
