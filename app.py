@@ -15,6 +15,7 @@ import pandas as pd
 from cifar import CLASSES, config, train
 from cifar.learning.retrain import PROMOTION_RULE
 from cifar.service import Service, UserError
+from cifar.uploads import NOT_A_CLASS
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLES = [[str(ASSETS / "examples" / f"{c}.png")] for c in CLASSES]
@@ -24,6 +25,19 @@ LOCUST_HELP = """### Load test
 python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s     # headless; starts the app if needed
 locust -f loadtest/locustfile.py --host http://127.0.0.1:7860     # web UI at http://localhost:8089
 ```"""
+
+
+# Keyboard shortcuts of the Review tab: digits label, s skips, n says none of these, u undoes.
+REVIEW_KEYS = """() => {
+  document.addEventListener('keydown', (event) => {
+    const panel = document.getElementById('review-panel');
+    if (!panel || panel.offsetParent === null || event.target.closest('input, textarea, select')) return;
+    const target = /^[0-9]$/.test(event.key) ? 'label-' + event.key
+      : {s: 'review-skip', n: 'review-none', u: 'review-undo'}[event.key];
+    const button = target && document.getElementById(target);
+    if (button) { event.preventDefault(); button.click(); }
+  });
+}"""
 
 
 def shown(fn):
@@ -92,7 +106,8 @@ def build(service: Service) -> gr.Blocks:
         result = service.retrain(threshold, int(epochs), key, report=lambda f, m: progress(f, desc=m))
         before, after, estimated = result["before"], result["after"], result["estimated_on_uploads"]
         text = (f"### {result['message']}\nNew version **{result['version']}** in {result['seconds']} s: "
-                f"{result['labeled']} labeled uploads, {result['pseudo_used']} of {result['pseudo_candidates']} "
+                f"{result['labeled']} labeled uploads ({result['reviewed']} reviewed by hand), "
+                f"{result['pseudo_used']} of {result['pseudo_candidates']} "
                 f"unlabeled ones pseudo-labeled at >= {threshold:.1%} confidence.")
         table = [["held-out accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
                  ["held-out macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)],
@@ -113,6 +128,67 @@ def build(service: Service) -> gr.Blocks:
         view = service.metrics_view(version_id or None, compare_id or None)
         return (view["summary"], view["rows"], view["compare"], view["confusion"], view["history"],
                 view["distribution"], view["confidence"], view["reliability"])
+
+    @shown
+    def review_queue_api(k: int = 10, predicted_class: str = "", admin_key: str = "") -> list[dict]:
+        """The next k unlabeled uploads, least sure first, each with its id, the model's guess and
+        calibrated confidence, and the 32x32 image as a PNG data URL.
+
+        Args:
+            k: how many (1-100).
+            predicted_class: only uploads the model puts in this class ("" for all).
+            admin_key: needed when CIFAR_ADMIN_KEY is set.
+        """
+        items = service.review_queue(k, predicted_class or None, admin_key)
+        return [{**item, "image": service.review_image_data_url(item["id"])} for item in items]
+
+    @shown
+    def label_api(upload_id: str, label: str, admin_key: str = "") -> dict:
+        """Label one upload: a class name or its digit 0-9, or "none" (not one of the ten classes).
+        A second label for the same upload replaces the first; the history is kept.
+
+        Args:
+            upload_id: an id from /review_queue.
+            label: the class.
+            admin_key: needed when CIFAR_ADMIN_KEY is set.
+        """
+        return service.label(upload_id, label, admin_key)
+
+    def review_next(predicted, key, skipped):
+        """The least sure upload, large, with the model's guess, and the next ones as a strip."""
+        try:
+            items = service.review_queue(9, None if predicted in (None, "", "all") else predicted, key, skipped)
+        except UserError as exc:
+            return None, f"**{exc}**", [], "", None
+        progress = service.review_progress()
+        if not items:
+            return None, "Nothing left to review here.", [], progress, None
+        first = items[0]
+        info = (f"### The model's guess: {first['guess']} ({first['confidence']:.0%})\n"
+                f"Margin to the runner-up {first['margin']:.2f}. Upload `{first['id'][:10]}` ({first['file']}).")
+        return (service.review_image(first["id"]), info,
+                [(service.review_image(i["id"]), f"{i['guess']} {i['confidence']:.0%}") for i in items[1:]],
+                progress, first["id"])
+
+    def review_label(label, current, predicted, key, skipped, history):
+        if not current:
+            return (*review_next(predicted, key, skipped), history, "Nothing selected to label.")
+        try:
+            answer = service.label(current, label, key)
+        except UserError as exc:
+            return (*review_next(predicted, key, skipped), history, f"**{exc}**")
+        return (*review_next(predicted, key, skipped), history + [[current, answer["previous"]]], answer["message"])
+
+    def review_skip(current, predicted, key, skipped, history):
+        skipped = skipped + [current] if current else skipped
+        return (*review_next(predicted, key, skipped), skipped, history)
+
+    def review_undo(predicted, key, skipped, history):
+        if not history:
+            return (*review_next(predicted, key, skipped), history, "Nothing to undo.")
+        upload_id, previous = history[-1]
+        answer = service.label(upload_id, previous, key)
+        return (*review_next(predicted, key, skipped), history[:-1], "Undone: " + answer["message"])
 
     with gr.Blocks(title="CIFAR-10 classifier") as demo:
         gr.Markdown("# CIFAR-10 classifier\nClassifies photos into 10 classes: " + ", ".join(CLASSES) +
@@ -167,6 +243,29 @@ def build(service: Service) -> gr.Blocks:
                 push_button = gr.Button("Push to the Hub")
                 refresh_versions = gr.Button("Refresh list")
             version_message = gr.Markdown(label="Message")
+        with gr.Tab("Review", elem_id="review-panel") as review_tab:
+            gr.Markdown("Label the uploads the model is least sure of; the next retrain trains on your labels. "
+                        "Keys: **0-9** a class (" + ", ".join(f"{i} {c}" for i, c in enumerate(CLASSES)) +
+                        "), **s** skip, **n** none of these, **u** undo.")
+            with gr.Row():
+                review_filter = gr.Dropdown(["all", *CLASSES], value="all", label="Only where the model guesses")
+                review_key = gr.Textbox("", label="Admin key", type="password", visible=config.admin_key() is not None)
+            review_progress = gr.Markdown(elem_id="review-progress")
+            with gr.Row():
+                review_image = gr.Image(label="Least sure first", height=288, width=288, interactive=False,
+                                        show_label=True, elem_id="review-image")
+                with gr.Column():
+                    review_info = gr.Markdown()
+                    with gr.Row():
+                        class_buttons = [gr.Button(f"{i} {c}", elem_id=f"label-{i}", min_width=90, size="sm")
+                                         for i, c in enumerate(CLASSES)]
+                    with gr.Row():
+                        skip_button = gr.Button("Skip (s)", elem_id="review-skip", size="sm")
+                        none_button = gr.Button("None of these (n)", elem_id="review-none", size="sm")
+                        undo_button = gr.Button("Undo (u)", elem_id="review-undo", size="sm")
+                    review_message = gr.Markdown(elem_id="review-message")
+            review_upcoming = gr.Gallery(label="Next in the queue", columns=8, height=170, allow_preview=False)
+            review_current, review_skipped, review_history = gr.State(), gr.State([]), gr.State([])
         with gr.Tab("Metrics") as metrics_tab:
             with gr.Row():
                 metrics_version = gr.Dropdown(version_choices(), value=None, label="Version (empty: current)",
@@ -176,8 +275,10 @@ def build(service: Service) -> gr.Blocks:
                 show_metrics = gr.Button("Show", variant="primary")
             metrics_summary = gr.Markdown(label="Summary")
             per_class = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Scores")
-            comparison = gr.Dataframe(headers=["metric", "version", "compared", "difference"], label="Side by side")
-            reliability_plot = gr.Image(type="filepath", label="Reliability on held-out images (calibrated)")
+            comparison = gr.Dataframe(headers=["metric", "version", "compared", "difference"], label="Side by side",
+                                      elem_id="comparison")
+            reliability_plot = gr.Image(type="filepath", label="Reliability on held-out images (calibrated)",
+                                        elem_id="reliability")
             with gr.Row():
                 confusion_plot = gr.Image(type="filepath", label="Confusion matrix")
                 history_plot = gr.Image(type="filepath", label="Training curves")
@@ -220,6 +321,20 @@ def build(service: Service) -> gr.Blocks:
                                                                    metrics_version], api_name="rollback")
         push_button.click(push, [rollback_to, admin_key], version_message, api_name="push")
         refresh_versions.click(service.versions_table, None, versions, api_name="versions")
+        review_view = [review_image, review_info, review_upcoming, review_progress, review_current]
+        review_tab.select(review_next, [review_filter, review_key, review_skipped], review_view, api_visibility="private")
+        review_filter.change(review_next, [review_filter, review_key, review_skipped], review_view,
+                             api_visibility="private")
+        for label_name, button in zip([*CLASSES, NOT_A_CLASS], [*class_buttons, none_button]):
+            button.click(functools.partial(review_label, label_name),
+                         [review_current, review_filter, review_key, review_skipped, review_history],
+                         [*review_view, review_history, review_message], api_visibility="private")
+        skip_button.click(review_skip, [review_current, review_filter, review_key, review_skipped, review_history],
+                          [*review_view, review_skipped, review_history], api_visibility="private")
+        undo_button.click(review_undo, [review_filter, review_key, review_skipped, review_history],
+                          [*review_view, review_history, review_message], api_visibility="private")
+        gr.api(review_queue_api, api_name="review_queue")
+        gr.api(label_api, api_name="label")
         metrics_outputs = [metrics_summary, per_class, comparison, confusion_plot, history_plot,
                            distribution_plot, confidence_plot, reliability_plot]
         show_metrics.click(metrics, [metrics_version, compare_version], metrics_outputs, api_name="metrics")
@@ -250,7 +365,7 @@ def main() -> None:
                   state_session_capacity=300,
                   allowed_paths=[str(ASSETS), str(config.plots_dir())],
                   blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
-    demo.launch(share=args.share, prevent_thread_lock=True, **launch)
+    demo.launch(share=args.share, prevent_thread_lock=True, js=REVIEW_KEYS, **launch)
     if args.share:
         # Offline or blocked, Gradio cannot open the tunnel; say so plainly and keep serving locally.
         print(f"Public link: {demo.share_url}" if demo.share_url else

@@ -14,13 +14,14 @@ def _print_progress(fraction: float, message: str) -> None:
 
 
 def cmd_train(args) -> None:
-    from . import data, evaluate, model as net, predict, registry, train, versions
+    from . import cpu, data, evaluate, model as net, predict, registry, train, versions
     from .learning import calibration
 
     started = time.time()
     x, y = data.load(args.data, "train")
     x_test, y_test = data.load(args.data, "test")
-    print(f"training on {len(x)} images from {args.data}; evaluating on {len(x_test)}", flush=True)
+    print(f"training on {len(x)} images from {args.data}; evaluating on {len(x_test)}; CPU {cpu.describe()}",
+          flush=True)
     held_out = data.balanced_subset(y_test, 200, seed=0)
     result = train.train_from_scratch(x, y, epochs=args.epochs, seed=args.seed,
                                       validation=(x_test[held_out], y_test[held_out]),
@@ -127,9 +128,33 @@ def cmd_bench_calibration(args) -> None:
               f"{raw['mean_confidence']:.1%} | {cal['mean_confidence']:.1%} |")
 
 
-def cmd_bench_serving(args) -> None:
-    from . import predict
+def cmd_bench_monitor(args) -> None:
+    """What the field monitor costs a prediction: observe() per served image, and one summary."""
+    import numpy as np
 
+    from . import cpu
+    from .monitor import Monitor
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.full(10, 0.3), size=args.n).astype(np.float32)
+    monitor = Monitor()
+    started = time.perf_counter()
+    for p in probabilities:
+        monitor.observe(p[None], 0.05, -0.3)
+    per_prediction = (time.perf_counter() - started) / args.n
+    started = time.perf_counter()
+    monitor.field({"atc_threshold": -0.3, "reference_accuracy": 0.92, "confidence_histogram": [1] * 20},
+                  {"cat": 0.1})
+    summary = time.perf_counter() - started
+    print(f"CPU: {cpu.describe()}")
+    print(f"observe(): {per_prediction * 1e6:.1f} us a prediction ({args.n:,} single predictions); "
+          f"field(): {summary * 1e3:.1f} ms for a window of {monitor.field({}, {})['predictions']:,}")
+
+
+def cmd_bench_serving(args) -> None:
+    from . import cpu, predict
+
+    print(f"CPU: {cpu.describe()}; runtime: Keras {__import__('keras').__version__} (TensorFlow)")
     predictor = predict.Predictor.load(_model_file(args.model), tta_level=args.tta)
     predictor.warm_up()
     for batch, numbers in predict.measure_serving(predictor).items():
@@ -138,9 +163,14 @@ def cmd_bench_serving(args) -> None:
 
 
 def _registry(args):
-    from . import registry
+    """The registry the app uses (seeded with the shipped versions on a fresh CIFAR_HOME, as
+    the app does), or the one --registry names, as it is."""
+    from . import config, registry
 
-    return registry.Registry(args.registry)
+    reg = registry.Registry(args.registry or config.registry_dir())
+    if not args.registry:
+        reg.seed_from(config.shipped_models_dir())
+    return reg
 
 
 def cmd_versions(args) -> None:
@@ -181,7 +211,9 @@ def cmd_bench_retrain_time(args) -> None:
 
     from PIL import Image
 
-    from . import data
+    from . import cpu, data
+
+    print(f"CPU: {cpu.describe()}", flush=True)
     from .service import Service
 
     os.environ["CIFAR_HOME"] = tempfile.mkdtemp(prefix="bench-home-")  # leave the user's data alone
@@ -220,7 +252,7 @@ def cmd_bench_retrain(args) -> None:
         bench_retrain.calibrate(current, x[subset], y[subset], {s: bench_retrain.CANDIDATES[s] for s in shifts
                                                                if s in bench_retrain.CANDIDATES})
         return
-    bench_retrain.run(shifts, args.data, Path(args.out), args.images, args.eval_per_class, args.labeled)
+    bench_retrain.run(shifts, args.data, Path(args.out), args.images, args.eval_per_class, args.labeled, args.review)
     print((Path(args.out) / "bench_retrain.md").read_text())
 
 
@@ -247,13 +279,17 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--tta", type=int, default=2)
     p.set_defaults(run=cmd_bench_calibration)
+    p = commands.add_parser("bench-monitor", help="the field monitor's cost per prediction")
+    p.add_argument("--n", type=int, default=20000)
+    p.set_defaults(run=cmd_bench_monitor)
     p = commands.add_parser("bench-retrain-time", help="time one app retrain on N uploaded images")
     p.add_argument("--data", default=None)
     p.add_argument("--images", type=int, default=1000)
     p.set_defaults(run=cmd_bench_retrain_time)
     p = commands.add_parser("bench-retrain", help="distribution-shift benchmark of retraining")
     p.add_argument("--data", default=None)
-    p.add_argument("--shifts", default=None, help="comma-separated subset of noise,blur,contrast,haze,jpeg")
+    p.add_argument("--shifts", default=None,
+                   help="comma-separated subset of clean,noise,blur,contrast,haze,jpeg,colour,pixelate,junk")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--out", default="data/bench-retrain")
     p.add_argument("--eval-per-class", type=int, default=None, help="score on this many eval images a class")
@@ -261,6 +297,9 @@ def main(argv=None) -> None:
     p.add_argument("--labeled", action="store_true",
                    help="upload the field images with their true labels: the ceiling of pseudo-labelling")
     p.add_argument("--recipe", default=None, help="override retrain settings, e.g. epochs=8,lr_scale=0.2")
+    p.add_argument("--review", type=int, default=0, metavar="K",
+                   help="also retrain after a simulated reviewer labeled the K uploads the Review tab shows first, "
+                        "and after K random ones were labeled")
     p.set_defaults(run=cmd_bench_retrain)
     p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")
@@ -289,8 +328,6 @@ def main(argv=None) -> None:
         args.data = str(config.dataset_dir())
     if getattr(args, "out", "x") is None:
         args.out = str(config.registry_dir())
-    if getattr(args, "registry", "x") is None:
-        args.registry = str(config.registry_dir())
     from .hub import HubError
     from .registry import RegistryError
 

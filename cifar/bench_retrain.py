@@ -111,12 +111,13 @@ def estimation(predictor, x, y, when: str) -> dict:
 
 
 def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_class: int | None = None,
-        labeled: bool = False, report=print) -> list[dict]:
+        labeled: bool = False, review: int = 0, report=print) -> list[dict]:
     """`labeled`: upload the field images under class names, so the retrain trains on their true
-    labels instead of pseudo-labels: the most any pseudo-labelling could give the same retrain."""
-    from .predict import Predictor
-    from .registry import Registry
-    from .service import Service, UserError
+    labels instead of pseudo-labels: the most any pseudo-labelling could give the same retrain.
+    `review`: also retrain, per shift, after a simulated reviewer labeled the `review` uploads the
+    Review tab shows first (through the app's own queue and label code), and after the same number
+    of uploads chosen at random were labeled: what a person's labels buy, against chance."""
+    from .service import Service
 
     x, y = data.load(source, "test")
     field = data.balanced_subset(y, len(y) // 20, seed=0)              # half of each class
@@ -126,65 +127,93 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_
     if eval_per_class:  # a smaller eval half for quick comparisons of recipes
         evaluation = evaluation[data.balanced_subset(y[evaluation], eval_per_class, seed=2)]
     x_eval, y_eval = x[evaluation], y[evaluation]
+    variants = ["labeled" if labeled else "pseudo"] + (["review", "random"] if review else [])
     rows = []
     clean_before = None
     for shift in shifts:
-        os.environ["CIFAR_HOME"] = tempfile.mkdtemp(prefix=f"bench-{shift}-")
-        service = Service()
-        shipped = service.predictor
         shifted_field = apply_shift(shift, x_field, seed=1)
         shifted_eval = apply_shift(shift, x_eval, seed=2)
-        # The pseudo-labels the app's retrain will assign, recomputed here to score them.
-        probabilities = upload_probabilities(service.registry.current().model_path, shifted_field,
-                                             shipped.tta_level, shipped.temperature)
-        labels, confident = pseudo_labels(probabilities, train.RETRAIN["threshold"], train.RETRAIN["min_fraction"],
-                                          train.RETRAIN["min_recognised"])
-        folder = Path(os.environ["CIFAR_HOME"]) / "incoming"
-        folder.mkdir()
-        paths = []
-        for i, image in enumerate(shifted_field):  # plain names carry no label; class-named ones do
-            paths.append(folder / (f"{CLASSES[y_field[i]]}_{i:04d}.png" if labeled else f"img{i:04d}.png"))
-            Image.fromarray(image).save(paths[-1])
-        service.upload(paths)
-        started = time.time()
-        try:
-            result = service.retrain()
-        except UserError as exc:  # turned down before training: the current version stays
-            result = {"version": service.registry.current().id, "promoted": False, "message": str(exc)}
-        seconds = time.time() - started
-        retrained = Predictor.for_version(Registry(Path(os.environ["CIFAR_HOME"]) / "models").get(result["version"]),
-                                          shipped.tta_level, config.cache_dir())
-        row = {
-            "shift": shift, "description": describe(shift),
-            "shifted_before": accuracy(shipped, shifted_eval, y_eval),
-            "shifted_after": accuracy(retrained, shifted_eval, y_eval),
-            "clean_before": clean_before or accuracy(shipped, x_eval, y_eval),
-            "clean_after": accuracy(retrained, x_eval, y_eval),
-            "pseudo_coverage": float(confident.mean()),
-            "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
-            "retrain_seconds": round(seconds, 1), "promoted": result["promoted"],
-            "labels": "true (upper bound)" if labeled else "pseudo",
-            # The accuracy estimate (no labels) on the 1,000 uploads, against the truth, before and after.
-            **estimation(shipped, shifted_field, y_field, "before"),
-            **estimation(retrained, shifted_field, y_field, "after"),
-        }
-        lost = row["clean_before"] - row["shifted_before"]
-        row["recovered_fraction"] = (row["shifted_after"] - row["shifted_before"]) / lost if lost > 0 else None
-        if shift in JUNK:
-            row["recovered_fraction"], row["passes"] = None, not result["promoted"]
-        elif shift in CLEAN:
-            row["recovered_fraction"] = None
-            row["passes"] = bool(row["clean_before"] - row["clean_after"] <= 0.005 and seconds <= 180)
-        else:
-            row["passes"] = bool(row["recovered_fraction"] is not None and row["recovered_fraction"] >= 0.5
-                                 and row["clean_before"] - row["clean_after"] <= 0.005 and seconds <= 180)
-        rows.append(row)
-        clean_before = row["clean_before"]  # the same shipped model every time
-        report(f"{shift}: shifted {row['shifted_before']:.4f} -> {row['shifted_after']:.4f}, clean "
-               f"{row['clean_before']:.4f} -> {row['clean_after']:.4f}, pseudo {row['pseudo_coverage']:.0%} covered "
-               f"at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s, promoted {row['promoted']}")
+        before = None
+        for variant in variants if shift not in JUNK else variants[:1]:
+            os.environ["CIFAR_HOME"] = tempfile.mkdtemp(prefix=f"bench-{shift}-{variant}-")
+            service = Service()
+            shipped = service.predictor
+            if before is None:
+                clean_before = clean_before or accuracy(shipped, x_eval, y_eval)  # the same shipped model each time
+                before = {"shifted_before": accuracy(shipped, shifted_eval, y_eval), "clean_before": clean_before}
+            row = {"shift": shift, "description": describe(shift), "labels": VARIANTS[variant].format(review), **before,
+                   **_retrain_once(service, shifted_field, y_field, variant, review)}
+            retrained = row.pop("predictor")
+            row["shifted_after"] = accuracy(retrained, shifted_eval, y_eval)
+            row["clean_after"] = accuracy(retrained, x_eval, y_eval)
+            if variant == variants[0]:  # the accuracy estimate (no labels) on the uploads, before and after
+                row.update(estimation(shipped, shifted_field, y_field, "before"))
+                row.update(estimation(retrained, shifted_field, y_field, "after"))
+            lost = row["clean_before"] - row["shifted_before"]
+            row["recovered_fraction"] = (row["shifted_after"] - row["shifted_before"]) / lost if lost > 0 else None
+            seconds = row["retrain_seconds"]
+            if shift in JUNK:
+                row["recovered_fraction"], row["passes"] = None, not row["promoted"]
+            elif shift in CLEAN:
+                row["recovered_fraction"] = None
+                row["passes"] = bool(row["clean_before"] - row["clean_after"] <= 0.005 and seconds <= 180)
+            else:
+                row["passes"] = bool(row["recovered_fraction"] is not None and row["recovered_fraction"] >= 0.5
+                                     and row["clean_before"] - row["clean_after"] <= 0.005 and seconds <= 180)
+            rows.append(row)
+            report(f"{shift} ({row['labels']}): shifted {row['shifted_before']:.4f} -> {row['shifted_after']:.4f}, "
+                   f"clean {row['clean_before']:.4f} -> {row['clean_after']:.4f}, pseudo {row['pseudo_coverage']:.0%} "
+                   f"covered at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s, promoted {row['promoted']}")
     write_report(rows, out)
     return rows
+
+
+VARIANTS = {"pseudo": "pseudo-labels", "labeled": "true labels (upper bound)",
+            "review": "pseudo + {} reviewed", "random": "pseudo + {} random labeled"}
+
+
+def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, variant: str, review: int) -> dict:
+    """Upload the field images into `service`'s fresh home, label some as `variant` says, retrain."""
+    import hashlib
+
+    from .predict import Predictor
+    from .registry import Registry
+    from .service import UserError
+
+    shipped = service.predictor
+    # The pseudo-labels the app's retrain will assign, recomputed here to score them.
+    probabilities = upload_probabilities(service.registry.current().model_path, shifted_field,
+                                         shipped.tta_level, shipped.temperature)
+    labels, confident = pseudo_labels(probabilities, train.RETRAIN["threshold"], train.RETRAIN["min_fraction"],
+                                      train.RETRAIN["min_recognised"])
+    folder = Path(os.environ["CIFAR_HOME"]) / "incoming"
+    folder.mkdir()
+    paths = []
+    for i, image in enumerate(shifted_field):  # plain names carry no label; class-named ones do
+        paths.append(folder / (f"{CLASSES[y_field[i]]}_{i:04d}.png" if variant == "labeled" else f"img{i:04d}.png"))
+        Image.fromarray(image).save(paths[-1])
+    service.upload(paths)
+    truth = {hashlib.sha1(image.tobytes()).hexdigest(): CLASSES[label] for image, label in zip(shifted_field, y_field)}
+    if variant == "review":    # the reviewer labels what the Review tab shows first, one by one
+        chosen = [item["id"] for item in service.review_queue(review)]
+    elif variant == "random":
+        chosen = list(np.random.default_rng(3).choice(sorted(truth), size=review, replace=False))
+    else:
+        chosen = []
+    for upload_id in chosen:
+        service.label(upload_id, truth[upload_id])
+    started = time.time()
+    try:
+        result = service.retrain()
+    except UserError as exc:  # turned down before training: the current version stays
+        result = {"version": service.registry.current().id, "promoted": False, "message": str(exc)}
+    seconds = time.time() - started
+    home = Path(os.environ["CIFAR_HOME"])
+    retrained = Predictor.for_version(Registry(home / "models").get(result["version"]), shipped.tta_level,
+                                      config.cache_dir())
+    return {"predictor": retrained, "pseudo_coverage": float(confident.mean()),
+            "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
+            "reviewed": len(chosen), "retrain_seconds": round(seconds, 1), "promoted": result["promoted"]}
 
 
 def write_report(rows: list[dict], out: Path) -> None:
@@ -194,7 +223,8 @@ def write_report(rows: list[dict], out: Path) -> None:
              "coverage, accuracy | retrain s | promoted | passes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         recovered = f"{r['recovered_fraction']:.0%}" if r["recovered_fraction"] is not None else "-"
-        lines.append(f"| {r['shift']} ({r['description']}) | {r['shifted_before']:.2%} | {r['shifted_after']:.2%} | "
+        name = r["shift"] if r["labels"] in ("pseudo-labels", "true labels (upper bound)") else f"{r['shift']}, {r['labels']}"
+        lines.append(f"| {name} ({r['description']}) | {r['shifted_before']:.2%} | {r['shifted_after']:.2%} | "
                      f"{r['clean_before']:.2%} | {r['clean_after']:.2%} | {recovered} | {r['pseudo_coverage']:.0%}, "
                      f"{(r['pseudo_accuracy'] or 0):.1%} | {r['retrain_seconds']} | {r['promoted']} | "
                      f"{'yes' if r['passes'] else 'no'} |")
@@ -202,12 +232,22 @@ def write_report(rows: list[dict], out: Path) -> None:
               "| shift | before: true | estimated | error | after: true | estimated | error |", "|---|---|---|---|---|---|---|"]
     errors = []
     for r in rows:
-        if r["shift"] in JUNK:
+        if r["shift"] in JUNK or "estimated_before" not in r:
             continue
         errors += [r["estimate_error_before"], r["estimate_error_after"]]
         lines.append(f"| {r['shift']} | {r['true_before']:.2%} | {r['estimated_before']:.2%} | "
                      f"{100 * r['estimate_error_before']:+.1f} | {r['true_after']:.2%} | {r['estimated_after']:.2%} | "
                      f"{100 * r['estimate_error_after']:+.1f} |")
+    reviewed = [r for r in rows if r["labels"].endswith("reviewed")]
+    if reviewed:
+        lines += ["", "What a person's labels buy (recovered share of what the shift cost; clean eval change):", "",
+                  "| shift | pseudo-labels alone | + reviewed | + random labeled |", "|---|---|---|---|"]
+        for r in reviewed:
+            alone, rand = (next(o for o in rows if o["shift"] == r["shift"] and o["labels"] == name)
+                           for name in ("pseudo-labels", VARIANTS["random"].format(r["reviewed"])))
+            cell = lambda o: (f"{o['recovered_fraction']:.0%}" if o["recovered_fraction"] is not None else "-") + \
+                f" ({100 * (o['clean_after'] - o['clean_before']):+.2f})"  # noqa: E731
+            lines.append(f"| {r['shift']} | {cell(alone)} | {cell(r)} | {cell(rand)} |")
     if errors:
         lines.append(f"\nMean absolute error {100 * np.mean(np.abs(errors)):.2f} points, worst "
                      f"{100 * np.max(np.abs(errors)):.2f} ({len(errors)} estimates).")

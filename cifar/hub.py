@@ -6,12 +6,15 @@ Errors become `HubError` with a plain message; the token never appears in one.
 """
 import os
 import re
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
-from . import config
+from . import card, config
 from .registry import Registry, Version
 
+KERAS_FOLDER_FILES = ["config.json", "model.weights.h5"]  # inside every .keras file
 PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "calibration.json", "README.md",
                 "confusion.png", "history.png"]
 
@@ -63,6 +66,20 @@ def _repo() -> str:
     return repo_id
 
 
+def _stage(version: Version, repo_id: str, folder: Path) -> None:
+    """What a push uploads: the version's files, its card naming this repository, and the model
+    also in Keras' folder layout (config.json + model.weights.h5, unzipped from model.keras),
+    which is what `keras.saving.load_model("hf://owner/repo")` reads."""
+    for name in PUSHED_FILES:
+        if (version.path / name).exists():
+            shutil.copy2(version.path / name, folder / name)
+    (folder / "README.md").write_text(card.model_card(version.id, version.metadata, version.metrics,
+                                                      version.calibration or None, repo=repo_id))
+    with zipfile.ZipFile(version.model_path) as archive:
+        for name in KERAS_FOLDER_FILES:
+            (folder / name).write_bytes(archive.read(name))
+
+
 def push(version: Version, repo_id: str | None = None) -> str:
     """Upload `version` as one commit tagged `version.id`; returns the commit id.
 
@@ -79,10 +96,12 @@ def push(version: Version, repo_id: str | None = None) -> str:
         for tag in api.list_repo_refs(repo_id).tags:
             if tag.name == version.id:
                 return tag.target_commit
-        commit = api.upload_folder(repo_id=repo_id, folder_path=version.path, allow_patterns=PUSHED_FILES,
-                                   commit_message=f"Add version {version.id}",
-                                   commit_description=f"Model version {version.id} "
-                                                      f"({version.metadata.get('kind', '?')}).")
+        with tempfile.TemporaryDirectory() as staging:
+            _stage(version, repo_id, Path(staging))
+            commit = api.upload_folder(repo_id=repo_id, folder_path=staging,
+                                       commit_message=f"Add version {version.id}",
+                                       commit_description=f"Model version {version.id} "
+                                                          f"({version.metadata.get('kind', '?')}).")
         api.create_tag(repo_id, tag=version.id, revision=commit.oid, tag_message=f"version {version.id}")
         return commit.oid
     except HubError:

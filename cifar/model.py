@@ -6,10 +6,12 @@ scale, GELU, a 1/9 logit scale, label smoothing, nesterov SGD with a triangular 
 lookahead averaging of the weights, alternating flips and flip/translate test-time augmentation.
 Widened (128/384/384, as airbench95) to use the longer CPU budget.
 """
+import json
+
 import keras
 import numpy as np
 
-from . import CLASSES
+from . import CLASSES, cpu
 
 HYP = {
     "widths": (128, 384, 384),   # airbench95's widths: +1 point over 64/256/256 for ~2.5x FLOPs
@@ -35,9 +37,16 @@ MEAN = np.array([125.3, 123.0, 113.9], dtype=np.float32)
 STD = np.array([63.0, 62.1, 66.7], dtype=np.float32)
 
 
+def standardize_layer() -> keras.layers.Layer:
+    """Raw 0-255 pixels -> per-channel standardised values, inside the model so callers send
+    pixels. A built-in layer (in float32, like the custom one it replaced), so that Keras alone
+    loads a saved version, e.g. from the Hub, without this package."""
+    return keras.layers.Normalization(mean=MEAN, variance=STD ** 2, dtype="float32", name="standardize")
+
+
 @keras.saving.register_keras_serializable(package="cifar")
 class Standardize(keras.layers.Layer):
-    """Raw 0-255 pixels -> per-channel standardised values, inside the model so callers send pixels."""
+    """The custom layer of versions saved before `standardize_layer` (kept so they still load)."""
 
     def call(self, x):
         x = keras.ops.cast(x, "float32")
@@ -66,7 +75,7 @@ def build_network(widths=None) -> keras.Model:
     """The classifier: (N, 32, 32, 3) pixels in 0-255 -> (N, 10) float32 logits."""
     widths = widths or HYP["widths"]
     inputs = keras.Input((32, 32, 3), name="pixels")
-    x = Standardize(name="standardize")(inputs)
+    x = standardize_layer()(inputs)
     patch = HYP["whiten_width"]
     x = keras.layers.Conv2D(2 * 3 * patch * patch, patch, padding="valid", name="whiten")(x)
     x = keras.layers.Activation("gelu", name="whiten_act")(x)
@@ -166,3 +175,22 @@ def make_optimizer(total_steps: int, lr_scale: float = 1.0, bias_scaler: float |
 
 def make_loss() -> keras.losses.Loss:
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=HYP["label_smoothing"])
+
+
+def load(path) -> keras.Model:
+    """A saved network, in float32 where this CPU has no native bf16 (cifar.cpu): versions saved
+    in `mixed_bfloat16` would run several times slower there, emulated."""
+    model = keras.saving.load_model(path, compile=False)
+    if cpu.precision() == "float32":
+        return to_float32(model)
+    return model
+
+
+def to_float32(model: keras.Model) -> keras.Model:
+    """The same network and weights with every bfloat16 layer computing in float32."""
+    config = json.dumps(model.get_config())
+    if '"mixed_bfloat16"' not in config:
+        return model
+    rebuilt = keras.Model.from_config(json.loads(config.replace('"mixed_bfloat16"', '"float32"')))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

@@ -47,9 +47,9 @@ class Predictor:
 
     @classmethod
     def load(cls, path, version: str = "", **kwargs) -> "Predictor":
-        from . import model as _registers_custom_layers  # noqa: F401
+        from . import model as net
 
-        return cls(keras.saving.load_model(path, compile=False), version, **kwargs)
+        return cls(net.load(path), version, **kwargs)
 
     @classmethod
     def for_version(cls, version, tta_level: int = TTA_LEVEL, cache_dir=None) -> "Predictor":

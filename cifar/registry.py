@@ -155,6 +155,22 @@ class Registry:
             version_id = earlier[-1]
         return self.promote(version_id, reason="rollback")
 
+    def seed_from(self, shipped_root) -> None:
+        """An empty registry (a fresh CIFAR_HOME) gets the versions shipped with the code, and the
+        shipped current one is made current; the app and the command line both start this way.
+
+        Raises:
+            RegistryError: nothing to seed from.
+        """
+        if self.list():
+            return
+        shipped = Registry(shipped_root)
+        for version in shipped.list():
+            self.add_folder(version.path)
+        if not self.list():
+            raise RegistryError(f"no model versions shipped in {shipped_root}")
+        self.promote(shipped.current().id, reason="shipped model")
+
     def clean_staging(self) -> None:
         """Remove folders left by a process killed while saving (they were never versions)."""
         for path in self.versions_dir.glob(".staging-*"):

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, data, evaluate, images, train
+from . import CLASSES, config, cpu, data, evaluate, images, train
 from .learning import calibration, retrain as learning_retrain
+from .learning import review
+from .learning.review import ReviewQueue
 from .monitor import ALERT_DROP, Monitor
 from .predict import MicroBatcher, Predictor
 from .registry import Registry, RegistryError, new_version_id, write_json_atomic
-from .uploads import UploadStore
+from .uploads import NOT_A_CLASS, UnknownUpload, UploadStore
 
 log = logging.getLogger("cifar")
 
@@ -37,6 +39,7 @@ class Service:
         self.registry.clean_staging()
         self._seed_registry()
         self.uploads = UploadStore(config.uploads_dir())
+        self.reviews = ReviewQueue(self.uploads)
         self.monitor = Monitor()
         self.tta_level = config.tta_level()
         self._swap_lock = threading.Lock()
@@ -45,6 +48,7 @@ class Service:
         self.hub_status = "not configured" if not config.hub_repo_id() else "idle"
         self._predictor = self._load(self.registry.current().id)
         self._predictor.warm_up()
+        log.info("serving %s in %s", self._predictor.version, cpu.describe())
         max_batch = config.max_batch()
         self.batcher = MicroBatcher(lambda: self._predictor, max_batch) if max_batch > 1 else None
 
@@ -59,15 +63,7 @@ class Service:
                 return
             except hub.HubError as exc:
                 log.warning("starting from the shipped model: %s", exc)
-        if self.registry.list():
-            return
-        shipped = Registry(config.shipped_models_dir())
-        for version in shipped.list():
-            self.registry.add_folder(version.path)
-        if not self.registry.list():
-            raise RuntimeError(f"no model versions shipped in {config.shipped_models_dir()}")
-        current = shipped.current().id
-        self.registry.promote(current, reason="shipped model")
+        self.registry.seed_from(config.shipped_models_dir())
 
     def _load(self, version_id: str) -> Predictor:
         return Predictor.for_version(self.registry.get(version_id), self.tta_level, config.cache_dir())
@@ -201,6 +197,58 @@ class Service:
         if estimated < reference - ALERT_DROP:
             return text + ": they look unlike what it was trained on; **retraining on them is recommended** (Retrain tab)."
         return text + ": the model knows images like these; retraining is optional."
+
+    # --- review: a person labels what the model is least sure of -------------------------
+    def review_queue(self, k: int = 10, predicted: str | None = None, key: str | None = None, skip=()) -> list[dict]:
+        """The next `k` unlabeled uploads, least sure first (cifar.learning.review), each with
+        the model's guess; `predicted` keeps only those it puts in that class."""
+        self.check_admin(key)
+        if predicted and predicted not in CLASSES:
+            raise UserError(f"Unknown class {predicted!r}: use one of {', '.join(CLASSES)}, or nothing for all.")
+        return self.reviews.next(self._predictor, max(1, min(int(k), 100)), predicted or None, skip)
+
+    def label(self, upload_id: str, label: str | None, key: str | None = None) -> dict:
+        """Store a person's label for one upload: a class name or its digit (0-9), "none" (not
+        one of the ten: never trained on), or None to take a review back (undo). The last
+        label wins; every earlier one stays in the history."""
+        self.check_admin(key)
+        if isinstance(label, str):
+            label = label.strip().lower()
+            label = CLASSES[int(label)] if label.isdigit() and int(label) < len(CLASSES) else label
+        try:
+            previous = self.uploads.review(str(upload_id or "").strip(), label)
+        except UnknownUpload:
+            raise UserError(f"No upload with id {str(upload_id)[:64]!r} in the store; ids come from the review "
+                            "queue (/review_queue).") from None
+        except ValueError:
+            raise UserError(f"Unknown class {label!r}: use one of {', '.join(CLASSES)} (or 0-9), or "
+                            f"{NOT_A_CLASS!r} for a picture of none of them.") from None
+        what = {None: "review taken back", NOT_A_CLASS: "marked as none of the ten classes"}.get(label, f"labeled {label}")
+        message = f"Upload {upload_id[:10]} {what}"
+        message += f" (was {previous}; the history is kept)." if previous and previous != label else "."
+        if self.retrain_started:
+            message += (" A retrain is running: it trains on the labels it read when it started; this one counts "
+                        "from the next retrain.")
+        return {"id": upload_id, "label": label, "previous": previous, "message": message}
+
+    def review_image(self, upload_id: str):
+        return review.enlarged(self.uploads, upload_id)
+
+    def review_image_data_url(self, upload_id: str) -> str:
+        return review.data_url(self.uploads, upload_id)
+
+    def review_progress(self) -> str:
+        done = self.reviews.progress(self._predictor)
+        total = done["reviewed"] + done["left"]
+        if not total:
+            return "Nothing to review: upload unlabeled images first (Bulk upload tab)."
+        text = f"**{done['reviewed']} of {total}** unlabeled uploads reviewed; {done['left']} left"
+        if done["not_a_class"]:
+            text += f" ({done['not_a_class']} marked as none of the classes)"
+        if done["guess_checked"]:
+            text += (f". The model's guess was right on {done['guess_right']} of the {done['guess_checked']} you "
+                     f"labeled ({done['guess_right'] / done['guess_checked']:.0%}): these are its hardest cases")
+        return text + ". The next retrain trains on every reviewed label."
 
     # --- versions ------------------------------------------------------------------------
     def check_admin(self, key: str | None) -> None:
@@ -391,6 +439,7 @@ class Service:
         total = max(1, sum(training.values()))
         field = self.monitor.field(predictor.calibration, {c: n / total for c, n in training.items()})
         field.update(version=predictor.version, tta_level=predictor.tta_level, uptime_s=round(self.monitor.uptime(), 1),
+                     cpu=cpu.info()["model"], precision=cpu.precision(),
                      retrain="running" if self.retrain_started else "idle", hub=self.hub_status,
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
@@ -407,7 +456,8 @@ class Service:
         batching = (f"micro-batching up to {self.batcher.max_batch} images a call "
                     f"({self.batcher.images} images in {self.batcher.batches} calls so far)"
                     if self.batcher else "batching off (CIFAR_MAX_BATCH=1)")
-        text = (f"Current version **{field['version']}**; up {field['uptime_s'] / 60:.1f} min; "
+        text = (f"Current version **{field['version']}** ({field['precision']} on {field['cpu']}); "
+                f"up {field['uptime_s'] / 60:.1f} min; "
                 f"{batching}; retrain {field['retrain']}; Hub: {self.hub_status}.")
         if field["estimated_accuracy"] is None:
             text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."

@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from . import CLASSES, model as net
+from . import CLASSES, cpu, model as net
 
 
-def use_bf16() -> None:
-    """bfloat16 compute with float32 weights: ~2x training throughput on CPUs with AVX512-BF16/AMX."""
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def set_precision() -> str:
+    """bfloat16 compute with float32 weights where the CPU has it natively (~2x training
+    throughput with AVX512-BF16/AMX), float32 where it would be emulated (cifar.cpu)."""
+    precision = cpu.precision()
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
 
 
 # --- augmentation -------------------------------------------------------------------------
@@ -149,7 +152,7 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
 def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,
                        widths=None, validation=None, report=None, verbose: int = 0) -> TrainResult:
     """The shipped recipe: build, whiten-initialise and train a fresh network."""
-    use_bf16()
+    set_precision()
     keras.utils.set_random_seed(seed)
     model = net.build_network(widths)
     net.init_whitening(model, x)
@@ -168,6 +171,7 @@ RETRAIN = {
     "epochs": 4,          # a few passes: enough to adapt, too few to forget
     "replay": 3000,       # original training images mixed in (3x a full 1,000-image upload)
     "upload_repeats": 1,  # copies of each kept upload in an epoch's training set
+    "review_repeats": 1,  # copies of each upload labeled in the Review tab (bench-retrain --review)
     "bias_scaler": 1.0,   # BatchNorm biases at the plain lr: 64x (from scratch) moved clean accuracy most
     "batch_size": 256,    # smaller than from scratch: more steps on few images
     "lr_scale": 0.05,     # a twentieth of the from-scratch lr: 0.1 cost 1-2 clean points (bench-retrain)
@@ -179,7 +183,7 @@ def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None
     """A fresh copy of the model at `model_path`, trained a few epochs on (x, y), EMA weights."""
     from . import predict
 
-    use_bf16()
+    set_precision()
     model = predict.Predictor.load(model_path).model
     return fit(model, x, y, epochs or RETRAIN["epochs"], seed=seed, lr_scale=RETRAIN["lr_scale"],
                bias_scaler=RETRAIN["bias_scaler"], batch_size=RETRAIN["batch_size"], report=report)

@@ -3,6 +3,9 @@
 Only decoded, re-encoded pixels are stored (never the user's bytes or file names as paths), so
 nothing a user sends can be written outside the store or served back as-is. Each accepted
 image is a line in an append-only manifest; a line is written only after its PNG is in place.
+Labels set by people in the Review tab are lines of a second append-only file, reviews.jsonl:
+the last line for an upload wins, the earlier ones stay as its history. Every line is flushed
+and fsynced; a line cut by a crash is ignored on reading, so a label is either stored or not.
 """
 import hashlib
 import io
@@ -10,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,6 +26,7 @@ from . import CLASSES, images
 MAX_IMAGES = 1000                      # per upload
 MAX_ZIP_BYTES = 200 * 1024 * 1024      # uncompressed total of one zip
 MAX_RATIO = 200                        # compression ratio above which an entry is a bomb
+NOT_A_CLASS = "none"                   # a reviewer's verdict: none of the ten; never trained on
 _LABEL_PREFIX = re.compile(rf"^({'|'.join(CLASSES)})(?:[_\-. ]|\d)", re.IGNORECASE)
 
 
@@ -94,36 +99,101 @@ def _zip_entries(path: Path, report: UploadReport):
             yield name, data
 
 
+class UnknownUpload(KeyError):
+    """A review names an upload the store does not hold."""
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: never confirmed
+    return out
+
+
 class UploadStore:
     def __init__(self, root):
         self.root = Path(root)
         self.images_dir = self.root / "images"
         self.manifest = self.root / "manifest.jsonl"
+        self.reviews_file = self.root / "reviews.jsonl"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------------
     def records(self) -> list[dict]:
-        if not self.manifest.exists():
-            return []
+        """Every stored upload, oldest first, with the reviews applied: `label` is the class a
+        person gave it (reviewed) or its name gave it, None if unlabeled; `source` says which
+        ("review", "name", None); `excluded` marks one reviewed as none of the ten classes."""
+        reviews = self.reviews()
         out = []
-        for line in self.manifest.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: that image was never confirmed
-            if (self.images_dir / record["image"]).exists():
-                out.append(record)
+        for record in _read_lines(self.manifest):
+            if not (self.images_dir / record["image"]).exists():
+                continue
+            record["source"] = "name" if record["label"] else None
+            record["excluded"] = False
+            if record["sha1"] in reviews:
+                reviewed = reviews[record["sha1"]]
+                record["excluded"] = reviewed == NOT_A_CLASS
+                record["label"] = None if record["excluded"] else reviewed
+                record["source"] = "review"
+            out.append(record)
         return out
 
+    def reviews(self) -> dict[str, str]:
+        """The standing review of each reviewed upload: a class name or NOT_A_CLASS (the last
+        line for an upload wins; a line with label None clears it)."""
+        standing: dict[str, str] = {}
+        for line in _read_lines(self.reviews_file):
+            if line.get("label") is None:
+                standing.pop(line["id"], None)
+            else:
+                standing[line["id"]] = line["label"]
+        return standing
+
+    def review_history(self, upload_id: str) -> list[dict]:
+        return [line for line in _read_lines(self.reviews_file) if line["id"] == upload_id]
+
+    def image_path(self, upload_id: str) -> Path:
+        return self.images_dir / f"{upload_id}.png"
+
     def load(self) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """All stored images (N, 32, 32, 3), labels (N,) with -1 for unlabeled, and the records."""
-        records = self.records()
+        """Stored images to learn from (N, 32, 32, 3), labels (N,) with -1 for unlabeled, and
+        their records; uploads reviewed as none of the classes are left out."""
+        records = [r for r in self.records() if not r["excluded"]]
         if not records:
             return np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64), []
         x = np.stack([np.asarray(Image.open(self.images_dir / r["image"]).convert("RGB")) for r in records])
         y = np.array([-1 if r["label"] is None else CLASSES.index(r["label"]) for r in records], np.int64)
         return x, y, records
+
+    # --- reviewing -------------------------------------------------------------------------
+    def review(self, upload_id: str, label: str | None, reviewer: str = "") -> str | None:
+        """Store a person's label for one upload (a class name, NOT_A_CLASS, or None to take the
+        review back); returns the review it replaces. Appended, fsynced: crash-safe.
+
+        Raises:
+            UnknownUpload: no such upload in the store.
+            ValueError: not a class name.
+        """
+        if label is not None and label not in CLASSES and label != NOT_A_CLASS:
+            raise ValueError(f"unknown class {label!r}; use one of {', '.join(CLASSES)} or {NOT_A_CLASS!r}")
+        if not re.fullmatch(r"[0-9a-f]{40}", upload_id or "") or not self.image_path(upload_id).exists():
+            raise UnknownUpload(upload_id)
+        with self._lock, open(self.reviews_file, "a+b") as handle:
+            previous = self.reviews().get(upload_id)
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() and (handle.seek(-1, os.SEEK_END), handle.read(1))[1] != b"\n":
+                handle.write(b"\n")  # a line cut by a crash: end it, so this one stands alone
+            handle.write(json.dumps({"id": upload_id, "label": label, "previous": previous,
+                                     "time": round(time.time(), 3), "reviewer": reviewer[:100]}).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return previous
 
     def counts(self, records: list[dict] | None = None) -> dict[str, dict[str, int]]:
         """Per-class counts of given labels and of predictions at upload (`records` if already read)."""
@@ -131,7 +201,7 @@ class UploadStore:
         given = {c: 0 for c in CLASSES}
         predicted = {c: 0 for c in CLASSES}
         for r in records:
-            if r["label"]:
+            if r["label"]:  # from the file name or a review
                 given[r["label"]] += 1
             if r.get("predicted"):
                 predicted[r["predicted"]] += 1

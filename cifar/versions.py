@@ -4,7 +4,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import card, evaluate, registry
+from . import card, cpu, evaluate, registry
 
 
 def library_versions() -> dict:
@@ -35,7 +35,8 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
     calibration.json (cifar.learning.calibration.fit) and the card."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
-                "command": shell_command(), "libraries": library_versions(), "machine": machine(), **metadata}
+                "command": shell_command(), "libraries": library_versions(), "machine": machine(),
+                "cpu": cpu.info(), "precision": cpu.precision(), **metadata}
 
     import keras
 

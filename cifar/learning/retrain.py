@@ -46,7 +46,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         NothingToLearn: no uploads, or unlabeled uploads the model does not recognise (junk).
     """
     started = time.time()
-    x_up, y_up, _ = uploads.load()
+    x_up, y_up, records = uploads.load()
     if len(x_up) == 0:
         raise NothingToLearn("Nothing to retrain on: upload images first (Bulk upload tab).")
     parent = registry.current()
@@ -70,9 +70,11 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
             "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
     report(0.05, "loading original training images to mix in")
     x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
+    reviewed = np.array([r["source"] == "review" for r in records], bool)
     repeats = train.RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
-    x_train = np.concatenate([*[x_up[keep]] * repeats, x_replay])
-    y_train = np.concatenate([*[labels[keep]] * repeats, y_replay])
+    extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
+    x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
+    y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
     result = train.finetune(parent.model_path, x_train, y_train, epochs,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
     report(0.82, "judging and calibrating the new version on held-out images")
@@ -86,7 +88,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
         "train_count": int(len(x_train)),
         "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
-        "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
+        "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()), "uploads_reviewed": int(reviewed.sum()),
         "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
         "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
         "eval_data": HOLDOUT_NAME, "eval_count": after["count"],
@@ -107,5 +109,5 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
                f"more than the {PROMOTION_TOLERANCE:.0%} tolerance. {parent.id} stays current.")
     return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
             "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
-            "labeled": int((~unlabeled).sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
+            "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
             "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1)}, candidate

@@ -1,0 +1,56 @@
+"""Precision by CPU: bf16 only where the CPU has it natively; float32 serving gives the same answers."""
+import numpy as np
+import pytest
+
+from cifar import config, cpu, data, model as net, predict
+from cifar.registry import Registry
+
+EPYC_AVX2 = """processor\t: 0
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse2 avx avx2 fma bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse2 avx avx2 fma bmi2
+"""
+XEON_AMX = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu avx avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+
+
+def test_an_avx2_only_cpu_gets_float32_and_an_amx_one_bf16(monkeypatch):
+    monkeypatch.delenv("CIFAR_PRECISION", raising=False)
+    epyc, xeon = cpu.parse_cpuinfo(EPYC_AVX2), cpu.parse_cpuinfo(XEON_AMX)
+    assert epyc == {"model": "AMD EPYC 7B12", "flags": ["avx2", "fma"]}
+    assert xeon["model"] == "Intel(R) Xeon(R) Platinum 8488C" and "amx_bf16" in xeon["flags"]
+    assert cpu.precision(epyc) == "float32"
+    assert cpu.precision(xeon) == "mixed_bfloat16"
+    assert cpu.precision({"model": "x", "flags": ["avx512f", "avx512_bf16"]}) == "mixed_bfloat16"
+
+
+def test_the_environment_overrides_and_a_typo_is_named(monkeypatch):
+    monkeypatch.setenv("CIFAR_PRECISION", "float32")
+    assert cpu.precision(cpu.parse_cpuinfo(XEON_AMX)) == "float32"
+    monkeypatch.setenv("CIFAR_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="CIFAR_PRECISION='bf16'.*float32, mixed_bfloat16"):
+        cpu.precision()
+
+
+def test_this_machine_is_described_with_its_flags():
+    line = cpu.describe()
+    assert cpu.info()["model"] in line and line.endswith(cpu.precision())
+
+
+def test_float32_serving_of_the_bf16_shipped_model_gives_the_same_answers(monkeypatch):
+    shipped = Registry(config.shipped_models_dir()).current()
+    x, _ = data.holdout()
+    x = x[::4]  # 500 images
+    monkeypatch.setenv("CIFAR_PRECISION", "mixed_bfloat16")
+    as_saved = predict.Predictor.load(shipped.model_path, tta_level=0)
+    monkeypatch.setenv("CIFAR_PRECISION", "float32")
+    as_float32 = predict.Predictor.load(shipped.model_path, tta_level=0)
+    assert as_saved.model.get_layer("whiten").compute_dtype == "bfloat16"
+    assert {layer.compute_dtype for layer in as_float32.model.layers} == {"float32"}
+    a, b = as_saved.logits(x), as_float32.logits(x)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    assert net.to_float32(as_float32.model) is as_float32.model   # nothing left to convert

@@ -1,0 +1,104 @@
+"""The learning loop's numbers: calibrated confidences and accuracy estimated without labels."""
+import numpy as np
+import pytest
+
+from cifar import bench_retrain, config, data, predict, train
+from cifar.learning import calibration, estimate
+from cifar.monitor import Monitor
+from cifar.registry import Registry
+
+# The README's "Calibration" table: ECE of the shipped version on the 2,000 held-out images its
+# temperature was fitted on (`python -m cifar bench-calibration --model models/versions/<id>`).
+README_GUARD_ECE = 0.0162
+
+
+def test_ece_of_known_cases():
+    p = np.full((10, 10), 0.1 / 9)
+    p[:, 0] = 0.9                                   # every answer 90% sure
+    right, wrong = np.zeros(10, int), np.ones(10, int)
+    assert calibration.ece(p, right) == pytest.approx(0.1)       # 100% right: 10 points under-confident
+    half = np.array([0] * 9 + [1])
+    assert calibration.ece(p, half) == pytest.approx(0.0, abs=1e-6)  # 90% right at 90%: perfect
+    assert calibration.ece(p, wrong) == pytest.approx(0.9)
+
+
+def test_temperature_undoes_a_known_scaling():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 3, (4000, 10))
+    labels = np.array([rng.choice(10, p=row) for row in calibration.softmax(true_logits)])
+    fitted = calibration.fit_temperature(true_logits / 4.0, labels)   # logits shrunk 4x, as label smoothing does
+    assert fitted == pytest.approx(0.25, rel=0.1)
+
+
+def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(test_split):
+    x, y = test_split
+    picks = data.balanced_subset(y, 40, seed=0)
+    result = train.train_from_scratch(x[picks], y[picks], epochs=4, widths=(16, 32, 32), seed=0)
+    model = predict.Predictor(result.model, tta_level=1)
+    held_x, held_y = data.holdout()
+    fitted = calibration.fit(model.logits(held_x[:1000]), held_y[:1000], 1, "first 1,000 held-out images")
+    unseen = np.setdiff1d(np.arange(len(y)), picks)[::10][:1000]
+    logits = model.logits(x[unseen])
+    before = calibration.ece(calibration.softmax(logits), y[unseen])
+    after = calibration.ece(calibration.softmax(logits, fitted["temperature"]), y[unseen])
+    assert after < before - 0.02, (before, after)
+    assert (calibration.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    version = Registry(config.shipped_models_dir()).current()
+    return predict.Predictor.for_version(version, tta_level=2)
+
+
+def test_shipped_calibration_reproduces_the_readme_ece_on_the_guard_subset(shipped):
+    x, y = data.holdout()
+    assert shipped.calibration["tta_level"] == 2 and shipped.temperature < 1  # stored with the version
+    logits = shipped.logits(x)
+    calibrated = calibration.softmax(logits, shipped.temperature)
+    assert calibration.ece(calibrated, y) == pytest.approx(README_GUARD_ECE, abs=0.005)
+    assert calibration.ece(calibration.softmax(logits), y) > 0.15      # what the app showed before
+    assert (calibrated.argmax(1) == logits.argmax(1)).all()             # accuracy untouched
+
+
+def test_estimate_on_a_synthetic_case_with_a_known_answer():
+    sure, unsure = np.full(10, 0.002), np.full(10, 0.09)
+    sure[0], unsure[0] = 0.982, 0.19
+    reference = np.array([sure] * 80 + [unsure] * 20)
+    labels = np.array([0] * 80 + [1] * 20)         # the sure ones right, the unsure ones wrong: 80%
+    threshold = estimate.fit_threshold(reference, labels)
+    target = np.array([sure] * 30 + [unsure] * 70)
+    assert estimate.estimate_accuracy(target, threshold) == pytest.approx(0.3)
+    assert estimate.estimate_accuracy(reference, threshold) == pytest.approx(0.8)
+    assert estimate.estimate_accuracy(np.zeros((0, 10)), threshold) is None
+
+
+def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):
+    x, y = test_split
+    held = {bytes(row) for row in data.holdout()[0].reshape(2000, -1)}
+    outside = np.array([i for i in range(0, len(y), 5) if bytes(x[i].reshape(-1)) not in held])[:1000]
+    clean = shipped.predict_arrays(x[outside])
+    true_clean = float((clean.argmax(1) == y[outside]).mean())
+    estimated_clean = shipped.estimate_accuracy(clean)
+    assert abs(estimated_clean - true_clean) <= 0.03, (estimated_clean, true_clean)
+    shifted = shipped.predict_arrays(bench_retrain.apply_shift("pixelate", x[outside], seed=0))
+    estimated_shifted = shipped.estimate_accuracy(shifted)
+    assert estimated_shifted < estimated_clean - 0.2
+    assert abs(estimated_shifted - float((shifted.argmax(1) == y[outside]).mean())) <= 0.06
+
+
+def test_monitor_alerts_when_the_field_estimate_drops():
+    reference = {"atc_threshold": -0.2, "reference_accuracy": 0.9, "confidence_histogram": [0] * 19 + [10]}
+    prior = {c: 0.1 for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
+    monitor = Monitor(predictions=100)
+    sure = np.full((60, 10), 0.001)
+    sure[:, 3] = 0.991
+    monitor.observe(sure, 0.02, reference["atc_threshold"])
+    field = monitor.field(reference, prior)
+    assert field["predictions"] == 60 and field["estimated_accuracy"] == 1.0 and not field["alert"]
+    assert field["class_mix"]["cat"]["served"] == 1.0 and field["timeline"][0]["predictions_per_minute"] > 0
+    monitor.observe(np.full((100, 10), 0.1), 0.02, reference["atc_threshold"])   # uniform: nobody is sure
+    field = monitor.field(reference, prior)
+    assert field["predictions"] == 100 and field["estimated_accuracy"] == 0.0 and field["alert"]
+    monitor.reset_window()
+    assert monitor.field(reference, prior)["estimated_accuracy"] is None
