@@ -106,7 +106,7 @@ def estimation(predictor, x, y, when: str) -> dict:
     """True accuracy on (x, y) and the model's own estimate of it without the labels."""
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
-    estimated = predictor.estimate_accuracy(probabilities)
+    estimated = predictor.estimate_accuracy(probabilities, x)
     return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true}
 
 

@@ -5,10 +5,11 @@
 | CIFAR_HOME          | ./data (/data on a Space with persistent storage) | all state the app writes: uploads, model versions, logs  |
 | CIFAR_DATA          | ../shared/cifar10  | CIFAR-10 folder used for training and evaluation         |
 | CIFAR_SHIPPED       | ./models           | the model versions shipped with the code (read-only)      |
-| CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push require it               |
+| CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push/review/label require it  |
 | CIFAR_FROM_HUB      | (unset)            | "1": start from the newest version pushed to HF_REPO_ID  |
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
 | CIFAR_TTA           | 2                  | test-time augmentation: 0 none, 1 flip, 2 flip + shifts  |
+| CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
@@ -77,3 +78,8 @@ def max_batch() -> int:
 
 def tta_level() -> int:
     return int(os.environ.get("CIFAR_TTA", "2"))
+
+
+def precision_override() -> str:
+    """CIFAR_PRECISION, or "" to let cifar.cpu choose by the CPU's features."""
+    return os.environ.get("CIFAR_PRECISION", "").strip()

@@ -9,6 +9,8 @@ import functools
 import os
 import platform
 
+from . import config
+
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 RELEVANT = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -37,7 +39,7 @@ def info() -> dict:
 
 def precision(cpu: dict | None = None) -> str:
     """`mixed_bfloat16` where bf16 is native, else `float32`; CIFAR_PRECISION overrides."""
-    forced = os.environ.get("CIFAR_PRECISION", "").strip()
+    forced = config.precision_override()
     if forced:
         if forced not in PRECISIONS:
             raise ValueError(f"CIFAR_PRECISION={forced!r}: use one of {', '.join(PRECISIONS)}")

@@ -188,7 +188,8 @@ class Service:
         """'Estimated accuracy on these N images: 64% (91.8% on held-out images): retraining is
         recommended', from the model's own outputs (no labels needed)."""
         probabilities = report.probabilities
-        estimated = self._predictor.estimate_accuracy(probabilities) if probabilities is not None else None
+        estimated = (self._predictor.estimate_accuracy(probabilities, report.images)
+                     if probabilities is not None else None)
         if estimated is None:
             return ""
         reference = self._predictor.calibration["reference_accuracy"]

@@ -44,6 +44,7 @@ class UploadReport:
     rejected: list[Rejection] = field(default_factory=list)
     batch: str = ""
     probabilities: np.ndarray | None = None  # the model's view of each accepted image, (accepted, 10)
+    images: np.ndarray | None = None         # the accepted images' pixels, (accepted, 32, 32, 3)
 
 
 def label_from_name(name: str) -> int | None:
@@ -263,4 +264,5 @@ class UploadStore:
             os.fsync(manifest.fileno())
         if predicted is not None:
             report.probabilities = np.asarray(predicted)[accepted_rows]
+            report.images = np.stack([candidates[i][1] for i in accepted_rows]) if accepted_rows else None
         return report

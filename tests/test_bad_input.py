@@ -138,6 +138,9 @@ def test_1001_images_are_cut_at_1000(client, tmp_path):
     ("/rollback", ["no-such-version", ""], "no version"),
     ("/push", ["", ""], "No Hub repository"),
     ("/metrics", ["no-such-version", ""], "no version"),
+    ("/label", ["f" * 40, "dog", ""], "No upload with id"),
+    ("/label", ["../../models/state", "dog", ""], "No upload with id"),
+    ("/review_queue", [5, "dragon", ""], "Unknown class 'dragon'"),
 ])
 def test_empty_or_wrong_requests_get_clean_errors(client, api_name, args, expected):
     with pytest.raises(Exception) as info:
@@ -146,7 +149,8 @@ def test_empty_or_wrong_requests_get_clean_errors(client, api_name, args, expect
 
 
 def test_private_files_are_not_served(app_server):
-    for path in (app_server.home / "uploads" / "manifest.jsonl", app_server.home / "models" / "state.json",
+    for path in (app_server.home / "uploads" / "manifest.jsonl", app_server.home / "uploads" / "reviews.jsonl",
+                 app_server.home / "models" / "state.json",
                  "/etc/passwd", app_server.home.parent.parent / "app.py"):
         response = httpx.get(f"{app_server.url}/gradio_api/file={path}", timeout=10)
         assert response.status_code in (403, 404), path

@@ -152,7 +152,8 @@ def test_review_three_by_click_and_one_by_key(page, tmp_path):
     progress = page.locator("#review-progress")
     page.wait_for_function("() => /0 of 8\\b/.test(document.getElementById('review-progress').innerText)",
                            timeout=60_000)
-    assert page.locator("#review-image img").evaluate("img => img.naturalWidth") >= 128   # big enough to judge
+    page.wait_for_function("() => (document.querySelector('#review-image img') || {}).naturalWidth >= 128",
+                           timeout=30_000)                  # shown big enough to judge
     for done, button in enumerate(["label-3", "label-5", "review-none"], start=1):
         page.locator(f"#{button}").click()
         page.wait_for_function(f"() => document.getElementById('review-progress').innerText.includes('{done} of 8')",

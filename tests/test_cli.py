@@ -48,7 +48,7 @@ def test_versions_and_push_work_on_a_fresh_home_and_keras_alone_loads_the_push(t
             "import importlib.util, sys, numpy as np, keras\n"
             "assert importlib.util.find_spec('cifar') is None, 'cifar must not be importable here'\n"
             "model = keras.saving.load_model('hf://newcomer/cifar10')\n"
-            f"np.save(sys.argv[1], model.predict(np.load(sys.argv[2]).astype('float32'), verbose=0))\n")
+            "np.save(sys.argv[1], model.predict(np.load(sys.argv[2]).astype('float32'), verbose=0))\n")
         isolated = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path / "logits.npy"),
                                    str(tmp_path / "pixels.npy")], cwd=tmp_path, capture_output=True, text=True,
                                   env={**os.environ, **hub_env, "PYTHONPATH": ""}, timeout=600)

@@ -1,5 +1,4 @@
 """Precision by CPU: bf16 only where the CPU has it natively; float32 serving gives the same answers."""
-import numpy as np
 import pytest
 
 from cifar import config, cpu, data, model as net, predict

@@ -32,16 +32,16 @@ def test_temperature_undoes_a_known_scaling():
 
 def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(test_split):
     x, y = test_split
-    picks = data.balanced_subset(y, 40, seed=0)
-    result = train.train_from_scratch(x[picks], y[picks], epochs=4, widths=(16, 32, 32), seed=0)
+    picks = data.balanced_subset(y, 20, seed=0)   # 200 images, 30 epochs: over-fitted, so over-confident
+    result = train.train_from_scratch(x[picks], y[picks], epochs=30, widths=(16, 32, 32), seed=0)
     model = predict.Predictor(result.model, tta_level=1)
     held_x, held_y = data.holdout()
     fitted = calibration.fit(model.logits(held_x[:1000]), held_y[:1000], 1, "first 1,000 held-out images")
-    unseen = np.setdiff1d(np.arange(len(y)), picks)[::10][:1000]
+    unseen = np.setdiff1d(np.arange(len(y)), picks)[::3]          # ~3,300 images of every class
     logits = model.logits(x[unseen])
     before = calibration.ece(calibration.softmax(logits), y[unseen])
     after = calibration.ece(calibration.softmax(logits, fitted["temperature"]), y[unseen])
-    assert after < before - 0.02, (before, after)
+    assert after < before - 0.01, (before, after, fitted["temperature"])
     assert (calibration.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
 
 
@@ -71,20 +71,29 @@ def test_estimate_on_a_synthetic_case_with_a_known_answer():
     assert estimate.estimate_accuracy(target, threshold) == pytest.approx(0.3)
     assert estimate.estimate_accuracy(reference, threshold) == pytest.approx(0.8)
     assert estimate.estimate_accuracy(np.zeros((0, 10)), threshold) is None
+    # A copy adapted to the target that gives the served answers 40% on average: the lower one wins.
+    adapted = np.full((100, 10), 0.6 / 9)
+    adapted[:, 0] = 0.4
+    assert estimate.estimate_accuracy(target, threshold, adapted) == pytest.approx(0.3)
+    assert estimate.estimate_accuracy(reference, threshold, adapted) == pytest.approx(0.4)
 
 
 def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):
     x, y = test_split
     held = {bytes(row) for row in data.holdout()[0].reshape(2000, -1)}
-    outside = np.array([i for i in range(0, len(y), 5) if bytes(x[i].reshape(-1)) not in held])[:1000]
+    candidates = np.array([i for i in range(len(y)) if bytes(x[i].reshape(-1)) not in held])
+    outside = candidates[data.balanced_subset(y[candidates], 100, seed=5)]   # 1,000, class-balanced
     clean = shipped.predict_arrays(x[outside])
     true_clean = float((clean.argmax(1) == y[outside]).mean())
     estimated_clean = shipped.estimate_accuracy(clean)
     assert abs(estimated_clean - true_clean) <= 0.03, (estimated_clean, true_clean)
-    shifted = shipped.predict_arrays(bench_retrain.apply_shift("pixelate", x[outside], seed=0))
-    estimated_shifted = shipped.estimate_accuracy(shifted)
-    assert estimated_shifted < estimated_clean - 0.2
-    assert abs(estimated_shifted - float((shifted.argmax(1) == y[outside]).mean())) <= 0.06
+    pixelated = bench_retrain.apply_shift("pixelate", x[outside], seed=0)
+    shifted = shipped.predict_arrays(pixelated)
+    true_shifted = float((shifted.argmax(1) == y[outside]).mean())
+    estimated_shifted = shipped.estimate_accuracy(shifted, pixelated)    # with the adapted copy's opinion
+    assert estimated_shifted < estimated_clean - 0.3
+    assert abs(estimated_shifted - true_shifted) <= 0.06, (estimated_shifted, true_shifted)
+    assert shipped.estimate_accuracy(shifted) > true_shifted + 0.1      # confidence alone is fooled here
 
 
 def test_monitor_alerts_when_the_field_estimate_drops():

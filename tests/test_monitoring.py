@@ -42,7 +42,7 @@ def test_clean_traffic_raises_no_alert_and_shifted_traffic_does(fresh_app, test_
     client.predict(shifted, api_name="/predict_batch")                            # 300 pixelated images
     field = client.predict(api_name="/monitoring")
     assert field["predictions"] == 420 and field["alert"]
-    assert field["estimated_accuracy"] < field["reference_accuracy"] - 0.2
+    assert field["estimated_accuracy"] < field["reference_accuracy"] - 0.1   # 300 of the 420 pixelated
     assert "Upload such images" in field["alert_message"] and "retrain" in field["alert_message"].lower()
     assert sum(v["served"] for v in field["class_mix"].values()) == pytest.approx(1.0, abs=0.01)
 

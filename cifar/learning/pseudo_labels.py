@@ -22,16 +22,24 @@ def pseudo_labels(probabilities: np.ndarray, threshold: float, min_fraction: flo
     return labels, keep
 
 
-def upload_probabilities(model_path, x: np.ndarray, tta_level: int, temperature: float = 1.0) -> np.ndarray:
+def upload_probabilities(model, x: np.ndarray, tta_level: int, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities of unlabeled uploads from a copy of the model whose BatchNorm
     statistics are re-estimated on the uploads themselves (AdaBN), when there are enough of
     them. Under a shift (noise, blur, haze...) the stored statistics no longer fit the
     activations; refreshing them alone recovers much of the accuracy, so the pseudo-labels
     taught to the new version are more often right. `temperature`: the version's calibration,
-    so the threshold reads as a probability of being right."""
+    so the threshold reads as a probability of being right. `model`: a saved model's path, or a
+    Keras model (copied: the original keeps its statistics)."""
+    import keras
+
     from ..predict import Predictor
 
-    model = Predictor.load(model_path).model
+    if isinstance(model, keras.Model):
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        model = copy
+    else:
+        model = Predictor.load(model).model
     if len(x) >= RETRAIN["adapt_min"]:
         refresh_batchnorm(model, x, batches=8, batch_size=min(500, len(x)))
     return Predictor(model, tta_level=tta_level, calibration={"temperature": temperature}).predict_arrays(x)

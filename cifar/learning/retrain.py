@@ -82,8 +82,8 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     after, fitted = judge(candidate)
     candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
     report(0.9, "estimating accuracy on the uploads, before and after")
-    estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up))
-    estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up))
+    estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up)
+    estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up), x_up)
     metadata = {
         "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
         "train_count": int(len(x_train)),
