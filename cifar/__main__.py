@@ -1,4 +1,4 @@
-"""Command line: python -m cifar {train,evaluate,versions,promote,rollback,push,pull,bench-retrain}."""
+"""Command line: python -m cifar COMMAND (train, evaluate, calibrate, versions, promote, rollback, push, pull, bench-*)."""
 import argparse
 import json
 import os

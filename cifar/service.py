@@ -175,10 +175,12 @@ class Service:
     def upload_summary(self, report) -> tuple[str, list[list]]:
         """A sentence for people (with the estimated accuracy on these images) and the rejected
         files as table rows."""
-        total = len(self.uploads.records())
+        records = self.uploads.records()
+        reviewed = sum(r["source"] == "review" for r in records)
         text = (f"**{report.accepted} accepted** ({report.labeled} labeled, {report.accepted - report.labeled} unlabeled), "
                 f"{report.duplicates} duplicates skipped, **{len(report.rejected)} rejected**. "
-                f"The store holds {total} images.")
+                f"The store holds {len(records)} images" + (f", {reviewed} of them labeled in the Review tab."
+                                                             if reviewed else "."))
         estimate = self.upload_estimate(report)
         if estimate:
             text += "\n\n" + estimate

@@ -206,7 +206,7 @@ class UploadStore:
                 given[r["label"]] += 1
             if r.get("predicted"):
                 predicted[r["predicted"]] += 1
-        return {"given labels": given, "predicted at upload": predicted}
+        return {"labels (file names and reviews)": given, "predicted at upload": predicted}
 
     # --- writing ---------------------------------------------------------------------------
     def add(self, paths, batch: str, predict=None) -> UploadReport:

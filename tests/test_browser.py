@@ -53,7 +53,7 @@ def wait_for_bars(page, top: str) -> dict[str, float]:
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_classify_an_example_draws_ten_bars(page):

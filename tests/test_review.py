@@ -77,7 +77,7 @@ def test_labels_survive_a_restart_last_one_wins_and_history_is_kept(tmp_path):
     assert [h["label"] for h in again.review_history(ids[1])] == ["dog", "cat"]
     x, y, records = again.load()
     assert len(x) == 2 and sorted(y.tolist()) == [-1, CLASSES.index("cat")]   # 'none of these' left out
-    assert again.counts()["given labels"]["cat"] == 1
+    assert again.counts()["labels (file names and reviews)"]["cat"] == 1
     again.review(ids[1], None)                  # undo
     assert ids[1] not in again.reviews()
 

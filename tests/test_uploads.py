@@ -69,7 +69,7 @@ def test_uploads_survive_a_new_store_and_skip_duplicates(tmp_path):
     again = UploadStore(tmp_path / "s")  # as after a restart
     report = again.add(files[:1], batch="b2")
     assert report.duplicates == 1 and report.accepted == 0
-    assert len(again.records()) == 3 and again.counts()["given labels"]["frog"] == 3
+    assert len(again.records()) == 3 and again.counts()["labels (file names and reviews)"]["frog"] == 3
 
 
 def test_more_than_1000_images(tmp_path):
