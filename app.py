@@ -220,7 +220,8 @@ def build(service: Service) -> gr.Blocks:
             upload_button = gr.Button("Upload", variant="primary")
             upload_summary = gr.Markdown(label="Summary")
             rejected = gr.Dataframe(headers=["file", "reason"], label="Rejected files")
-            upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False, visible=False)
+            upload_plot = gr.Image(type="filepath", label="Uploads by class", show_label=False, visible=False,
+                                   interactive=False)
         with gr.Tab("Retrain"):
             gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels; unlabeled "
                         "ones are labeled by the current model, re-calibrated to the uploads' own statistics, when "

@@ -114,7 +114,8 @@ def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class dis
             values = values / max(1.0, values.sum())
         ax.bar(positions + (i - (len(counts) - 1) / 2) * width, values, width, label=series)
     ax.set_xticks(positions, CLASSES, rotation=30, ha="right")
-    ax.set_ylabel("share of images" if shares else "images"), ax.set_title(title), ax.legend(fontsize=8)
+    ax.set_ylabel("share of images" if shares else "images"), ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.32))  # below: bars stay visible
     fig.tight_layout()
     return fig
 

@@ -2,6 +2,7 @@
 
     python loadtest/run.py --users 32 --spawn-rate 8 --duration 60s
     python loadtest/run.py --compare-batching --ceiling  # (a) one image per call, (b) batched, Gradio alone
+    python loadtest/run.py --compare                     # a plain Gradio Space with the same model, then the app
     python loadtest/run.py --host http://127.0.0.1:7860 --duration 15s --fail-on-error
     python loadtest/run.py --duration 10m                  # soak: reports memory after warm-up and at the end
     python loadtest/run.py --retrain-during --duration 90s # predictions while a retrain runs
@@ -220,13 +221,24 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true",
                         help="with --compare-batching: also run the same load against loadtest/ceiling_app.py "
                              "(Gradio with no work behind it)")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the same load against loadtest/plain_space.py (a plain Gradio Space with the "
+                             "same model) and then the app, and print the ratio")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
     parser.add_argument("--retrain-during", action="store_true",
                         help="upload 200 images and run a retrain while the load runs")
     args = parser.parse_args()
     if args.ceiling and not args.compare_batching:
         sys.exit("--ceiling is measured beside the app's own runs: add --compare-batching")
-    if args.compare_batching:
+    if args.compare:
+        if args.host:
+            sys.exit("--compare starts its own apps; leave out --host")
+        plain = one_run(args, "plain-space", None, script=ROOT / "loadtest" / "plain_space.py")
+        app = one_run(args, "app", None)
+        print(f"app / plain Space predict throughput: "
+              f"{app['predict_rps'] / max(plain['predict_rps'], 1e-9):.2f}x", flush=True)
+        failures = plain["failures"] + app["failures"]
+    elif args.compare_batching:
         if args.host:
             sys.exit("--compare-batching starts its own apps; leave out --host")
         unbatched = one_run(args, "unbatched", {"CIFAR_MAX_BATCH": "1"})

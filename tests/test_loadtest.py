@@ -36,3 +36,15 @@ def test_ceiling_app_answers_the_same_load_without_failures(tmp_path):
         assert run_load(app.url, tmp_path / "load", "5s", timeout=120) > 1
     finally:
         app.stop()
+
+
+def test_plain_space_baseline_answers_the_same_load_without_failures(tmp_path):
+    """`run.py --compare` divides by the baseline's rate: it must pass the locustfile's checks."""
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    from run import App
+
+    app = App(home=tmp_path / "home", script=ROOT / "loadtest" / "plain_space.py", timeout=120)
+    try:
+        assert run_load(app.url, tmp_path / "load", "5s", timeout=120) > 1
+    finally:
+        app.stop()
