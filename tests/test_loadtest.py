@@ -25,26 +25,23 @@ def test_smoke_load_run_has_no_failures(app_server, tmp_path):
         assert (out / name).stat().st_size > 0
 
 
-def test_ceiling_app_answers_the_same_load_without_failures(tmp_path):
-    """The ceiling app must pass every check the locustfile makes, or its rate would not be a
-    ceiling of the real app's work (a failed request is cheaper than a served one)."""
+def answers_the_load(script: str, tmp_path, ready_timeout: float) -> None:
     sys.path.insert(0, str(ROOT / "loadtest"))
     from run import App
 
-    app = App(home=tmp_path / "home", script=ROOT / "loadtest" / "ceiling_app.py", timeout=60)
+    app = App(home=tmp_path / "home", script=ROOT / "loadtest" / script, timeout=ready_timeout)
     try:
         assert run_load(app.url, tmp_path / "load", "5s", timeout=120) > 1
     finally:
         app.stop()
+
+
+def test_ceiling_app_answers_the_same_load_without_failures(tmp_path):
+    """The ceiling app must pass every check the locustfile makes, or its rate would not be a
+    ceiling of the real app's work (a failed request is cheaper than a served one)."""
+    answers_the_load("ceiling_app.py", tmp_path, ready_timeout=60)
 
 
 def test_plain_space_baseline_answers_the_same_load_without_failures(tmp_path):
     """`run.py --compare` divides by the baseline's rate: it must pass the locustfile's checks."""
-    sys.path.insert(0, str(ROOT / "loadtest"))
-    from run import App
-
-    app = App(home=tmp_path / "home", script=ROOT / "loadtest" / "plain_space.py", timeout=120)
-    try:
-        assert run_load(app.url, tmp_path / "load", "5s", timeout=120) > 1
-    finally:
-        app.stop()
+    answers_the_load("plain_space.py", tmp_path, ready_timeout=120)
