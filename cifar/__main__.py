@@ -28,7 +28,7 @@ def cmd_train(args) -> None:
                                       report=_print_progress, verbose=0)
     print(f"\ntrained {result.epochs} epochs in {result.seconds:.0f}s", flush=True)
     predictor = predict.Predictor(result.model)
-    fitted, _ = calibration.fit_on_holdout(predictor)
+    fitted = calibration.fit_on_holdout(predictor)
     predictor.calibration, predictor.temperature = fitted, fitted["temperature"]
     print(f"calibrated: temperature {fitted['temperature']:.3f}, held-out ECE {fitted['ece_before']:.2%} -> "
           f"{fitted['ece']:.2%}", flush=True)
@@ -95,7 +95,7 @@ def cmd_calibrate(args) -> None:
     if version.calibration and not args.force:
         sys.exit(f"error: {version.path} already has {calibration.CALIBRATION_FILE}; versions are immutable "
                  "(--force refits it)")
-    fitted, _ = calibration.fit_on_holdout(predict.Predictor.load(version.model_path, tta_level=args.tta))
+    fitted = calibration.fit_on_holdout(predict.Predictor.load(version.model_path, tta_level=args.tta))
     registry.write_json_atomic(version.path / calibration.CALIBRATION_FILE, fitted)
     print(f"{version.id}: temperature {fitted['temperature']:.4f}; ECE on {fitted['count']:,} held-out images "
           f"{fitted['ece_before']:.2%} -> {fitted['ece']:.2%}; wrote {version.path / calibration.CALIBRATION_FILE}")

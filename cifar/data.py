@@ -101,6 +101,9 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return stored["x"], stored["y"]
 
 
+HOLDOUT_NAME = "assets/holdout.npz (2,000 CIFAR-10 test images)"  # how metadata names them
+
+
 def holdout() -> tuple[np.ndarray, np.ndarray]:
     """2,000 test images (200 a class) that judge every new version before it is promoted."""
     return load_npz(holdout_path())

@@ -69,11 +69,8 @@ class Monitor:
         with self._lock:
             served = list(self._served)
         n = len(served)
-        times = np.array([r[0] for r in served]) if n else np.zeros(0)
-        latency = np.array([r[1] for r in served]) if n else np.zeros(0)
-        confidence = np.array([r[2] for r in served]) if n else np.zeros(0)
-        classes = np.array([r[3] for r in served], int) if n else np.zeros(0, int)
-        above = np.array([r[4] for r in served], bool) if n else np.zeros(0, bool)
+        times, latency, confidence, classes, above = np.array(served, float).reshape(n, 5).T
+        classes, above = classes.astype(int), above.astype(bool)
         expected = reference.get("reference_accuracy")
         estimated = float(above.mean()) if n and "atc_threshold" in reference else None
         alert = bool(estimated is not None and expected is not None and n >= MIN_FOR_ALERT

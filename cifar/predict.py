@@ -5,8 +5,7 @@ import keras
 import numpy as np
 
 from . import CLASSES, images
-from .learning import estimate
-from .learning import calibration
+from .learning import calibration, estimate
 from .learning.calibration import softmax
 
 # Logit weights of the test-time views (airbench's TTA level 2): the image and its mirror,

@@ -80,13 +80,12 @@ def fit(logits: np.ndarray, labels: np.ndarray, tta_level: int, fitted_on: str) 
     }
 
 
-def fit_on_holdout(predictor, fitted_on: str = "assets/holdout.npz (2,000 CIFAR-10 test images)") -> tuple[dict, np.ndarray]:
-    """Calibration of `predictor`'s model on the shipped held-out images, and their logits."""
+def fit_on_holdout(predictor) -> dict:
+    """Calibration of `predictor`'s model on the shipped held-out images."""
     from .. import data
 
     x, y = data.holdout()
-    logits = predictor.logits(x)
-    return fit(logits, y, predictor.tta_level, fitted_on), logits
+    return fit(predictor.logits(x), y, predictor.tta_level, data.HOLDOUT_NAME)
 
 
 def for_version(version, tta_level: int, cache_dir=None, predictor=None) -> dict:
@@ -104,7 +103,7 @@ def for_version(version, tta_level: int, cache_dir=None, predictor=None) -> dict
         return json.loads(cached.read_text())
     if predictor is None:
         return {}
-    fitted, _ = fit_on_holdout(predictor)
+    fitted = fit_on_holdout(predictor)
     if cached:
         from ..registry import write_json_atomic
 

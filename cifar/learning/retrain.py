@@ -18,7 +18,6 @@ log = logging.getLogger("cifar")
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
 PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
                   "point below the current one on 2,000 held-out test images.")
-HOLDOUT_NAME = "assets/holdout.npz (2,000 CIFAR-10 test images)"
 
 
 class NothingToLearn(ValueError):
@@ -30,7 +29,8 @@ def judge(predictor: Predictor) -> tuple[dict, dict]:
     the same logits (one pass of the network for both)."""
     x, y = data.holdout()
     started = time.time()
-    fitted, logits = calibration.fit_on_holdout(predictor, HOLDOUT_NAME)
+    logits = predictor.logits(x)
+    fitted = calibration.fit(logits, y, predictor.tta_level, data.HOLDOUT_NAME)
     probabilities = calibration.softmax(logits, fitted["temperature"])
     return evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started), fitted
 
@@ -91,7 +91,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()), "uploads_reviewed": int(reviewed.sum()),
         "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
         "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
-        "eval_data": HOLDOUT_NAME, "eval_count": after["count"],
+        "eval_data": data.HOLDOUT_NAME, "eval_count": after["count"],
         "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
     }
     log.info("retrain trained in %.0f s; saving the new version", result.seconds)
