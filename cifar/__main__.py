@@ -152,14 +152,60 @@ def cmd_bench_monitor(args) -> None:
 
 
 def cmd_bench_serving(args) -> None:
-    from . import cpu, predict
+    """Each network path on this CPU, in one run: Keras as the app would run it (bf16 where
+    native), Keras float32, OpenVINO float and int8; single-image latency, images/s at batch 32
+    and 256 (with the TTA views), top-1 on the test split and answers shared with Keras; then the
+    accuracy of each TTA level on the path the app serves with."""
+    import tempfile
 
-    print(f"CPU: {cpu.describe()}; runtime: Keras {__import__('keras').__version__} (TensorFlow)")
-    predictor = predict.Predictor.load(_model_file(args.model), tta_level=args.tta)
-    predictor.warm_up()
-    for batch, numbers in predict.measure_serving(predictor).items():
-        print(f"batch {batch:>3}: {numbers['latency_ms_p50']:8.1f} ms a call, {numbers['images_per_s']:6.1f} images/s "
-              f"(network + TTA level {args.tta})")
+    import keras
+    import numpy as np
+
+    from . import cpu, data, model as net, predict, runtime
+
+    version = _version_folder(args.model)
+    print(f"CPU: {cpu.describe()}; Keras {keras.__version__} (TensorFlow), OpenVINO {runtime.available()}")
+    x, y = data.load(args.data, "test")
+    keras_model = net.load(version.model_path)
+    paths = {f"Keras, {cpu.precision()} (as the app chooses for this CPU)": None}
+    if cpu.precision() != "float32":
+        paths["Keras, float32"] = net.to_float32(keras_model)
+    print(f"| network path ({predict.tta.VIEWS[args.tta]} views an image) | 1 image, ms | images/s at batch 32 | "
+          f"at batch 256 | top-1 on {len(x):,} test images | same answer as Keras |\n|---|---|---|---|---|---|")
+    reference = None
+    with tempfile.TemporaryDirectory() as work:
+        exported = runtime._export(keras_model, Path(work))
+        for precision in ("float", "int8"):
+            paths[f"OpenVINO {precision}"] = runtime.OpenVINONetwork(exported[precision], precision)
+        for name, network in paths.items():
+            model = keras_model if network is None or isinstance(network, runtime.OpenVINONetwork) else network
+            predictor = predict.Predictor(model, tta_level=args.tta,
+                                          network=network if isinstance(network, runtime.OpenVINONetwork) else None)
+            predictor.warm_up()
+            speed = predict.measure_serving(predictor, batch_sizes=(1, 32, 256), seconds=args.seconds)
+            answers = predictor.logits(x).argmax(1)
+            reference = answers if reference is None else reference
+            print(f"| {name} | {speed['1']['latency_ms_p50']:.1f} | {speed['32']['images_per_s']:.1f} | "
+                  f"{speed['256']['images_per_s']:.1f} | {(answers == y).mean():.2%} | {(answers == reference).mean():.2%} |",
+                  flush=True)
+            if name == "OpenVINO int8":
+                levels = {level: float((predictor.logits(x, level).argmax(1) == y).mean()) for level in (0, 1, 2)}
+                print("\nOpenVINO int8, top-1 by test-time level: " + ", ".join(
+                    f"{level} ({predict.tta.VIEWS[level]} view{'s' * (level > 0)}) {acc:.2%}"
+                    for level, acc in levels.items()))
+
+
+def cmd_convert(args) -> None:
+    """Make (or remake) the serving runtime's checked OpenVINO model of a version folder."""
+    from . import model as net, runtime
+
+    version = _version_folder(args.model)
+    if (version.path / runtime.FOLDER / "runtime.json").exists() and not args.force:
+        sys.exit(f"error: {version.path} already has {runtime.FOLDER}/; versions are immutable (--force remakes it)")
+    report = runtime.build(net.load(version.model_path), version.path, args.tta)
+    print(f"{version.id}: {runtime.describe(report)}")
+    for precision, result in report.get("tried", {}).items():
+        print(f"  {precision}: {result['why']}")
 
 
 def _registry(args):
@@ -265,10 +311,17 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_train)
-    p = commands.add_parser("bench-serving", help="latency and throughput of the network at batch 1, 32, 256")
-    p.add_argument("--model", required=True, help="a model.keras file or a version folder")
+    p = commands.add_parser("bench-serving", help="Keras and OpenVINO (float, int8) on this CPU: speed and accuracy")
+    p.add_argument("--model", required=True, help="a version folder")
+    p.add_argument("--data", default=None)
     p.add_argument("--tta", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3.0, help="timing per batch size and path")
     p.set_defaults(run=cmd_bench_serving)
+    p = commands.add_parser("convert", help="make the checked OpenVINO model of a version that has none")
+    p.add_argument("--model", required=True, help="a version folder")
+    p.add_argument("--tta", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=cmd_convert)
     p = commands.add_parser("calibrate", help="fit and store the calibration of a version that has none")
     p.add_argument("--model", required=True, help="a version folder")
     p.add_argument("--tta", type=int, default=2)

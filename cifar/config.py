@@ -80,6 +80,11 @@ def tta_level() -> int:
     return int(os.environ.get("CIFAR_TTA", "2"))
 
 
+def tta_wait_budget() -> float:
+    """CIFAR_TTA_BUDGET_S: the queue's work, in seconds, above which the batcher serves fewer views."""
+    return float(os.environ.get("CIFAR_TTA_BUDGET_S", "0.25"))
+
+
 def precision_override() -> str:
     """CIFAR_PRECISION, or "" to let cifar.cpu choose by the CPU's features."""
     return os.environ.get("CIFAR_PRECISION", "").strip()

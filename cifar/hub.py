@@ -11,12 +11,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import card, config
+from . import card, config, runtime
 from .registry import Registry, Version
 
 KERAS_FOLDER_FILES = ["config.json", "model.weights.h5"]  # inside every .keras file
 PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "calibration.json", "README.md",
-                "confusion.png", "history.png"]
+                "confusion.png", "history.png", *(f"{runtime.FOLDER}/{name}" for name in runtime.FILES)]
 
 
 class HubError(RuntimeError):
@@ -72,6 +72,7 @@ def _stage(version: Version, repo_id: str, folder: Path) -> None:
     which is what `keras.saving.load_model("hf://owner/repo")` reads."""
     for name in PUSHED_FILES:
         if (version.path / name).exists():
+            (folder / name).parent.mkdir(exist_ok=True)
             shutil.copy2(version.path / name, folder / name)
     (folder / "README.md").write_text(card.model_card(version.id, version.metadata, version.metrics,
                                                       version.calibration or None, repo=repo_id))
@@ -135,6 +136,10 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
                               token=os.environ.get("HF_TOKEN") or None, allow_patterns=PUSHED_FILES)
             if not (Path(folder) / "model.keras").exists():
                 raise HubError(f"{repo_id}@{revision} holds no model.keras.")
+            if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():  # pushed before the runtime existed
+                from . import model as net
+
+                runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), config.tta_level())
             return registry.add_folder(Path(folder), version_id=revision)
     except HubError:
         raise

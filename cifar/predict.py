@@ -1,33 +1,20 @@
-"""The serving predictor: a loaded model version, batched inference with test-time augmentation."""
+"""The serving predictor: a loaded model version, batched inference with test-time augmentation,
+through the version's checked OpenVINO model (cifar.runtime) or Keras."""
+import logging
 import threading
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from . import CLASSES, images
+from . import images, tta
 from .learning import calibration, estimate
 from .learning.calibration import softmax
 
-# Logit weights of the test-time views (airbench's TTA level 2): the image and its mirror,
-# then both shifted one pixel up-left and down-right. Flip averaging alone: TTA_LEVEL=1.
-TTA_LEVEL = 2
+log = logging.getLogger("cifar")
 
-
-def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    return padded[:, 1 + dy:33 + dy, 1 + dx:33 + dx]
-
-
-def tta_views(x: np.ndarray, level: int = TTA_LEVEL) -> list[tuple[float, np.ndarray]]:
-    if level == 0:
-        return [(1.0, x)]
-    views = [(0.5, x), (0.5, x[:, :, ::-1])]
-    if level >= 2:
-        views = [(0.25, v) for _, v in views]
-        for dy, dx in ((-1, -1), (1, 1)):
-            shifted = _shift(x, dy, dx)
-            views += [(0.125, shifted), (0.125, shifted[:, :, ::-1])]
-    return views
+TTA_LEVEL = tta.LEVEL
+tta_views = tta.views  # kept for callers of the old names
 
 
 class Predictor:
@@ -38,10 +25,13 @@ class Predictor:
     one the probabilities are the network's raw softmax."""
 
     def __init__(self, model: keras.Model, version: str = "", tta_level: int = TTA_LEVEL, batch_size: int = 256,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, network=None, runtime: dict | bool | None = None):
         self.model, self.version, self.tta_level, self.batch_size = model, version, tta_level, batch_size
         self.calibration = calibration or {}
         self.temperature = float(self.calibration.get("temperature", 1.0))
+        # What runs the network: a checked OpenVINO model, or Keras (and why, for Monitoring).
+        self.network = network or self._keras_network
+        self.runtime = runtime if isinstance(runtime, dict) else {"runtime": "keras", "why": "Keras model in memory"}
         self._lock = threading.Lock()
 
     @classmethod
@@ -52,29 +42,33 @@ class Predictor:
 
     @classmethod
     def for_version(cls, version, tta_level: int = TTA_LEVEL, cache_dir=None) -> "Predictor":
-        """A registry version with its calibration (fitted now if it never was)."""
+        """A registry version with its calibration (fitted now if it never was), served by its
+        OpenVINO model when that passed its check (made now, into the cache, if it has none)."""
+        from . import runtime
+
         predictor = cls.load(version.model_path, version=version.id, tta_level=tta_level)
         predictor.calibration = calibration.for_version(version, tta_level, cache_dir, predictor)
         predictor.temperature = float(predictor.calibration["temperature"])
+        folder = version.path
+        if not (folder / runtime.FOLDER).exists() and cache_dir:  # older versions: versions never change
+            folder = Path(cache_dir) / f"runtime-{version.id}"
+            if not (folder / runtime.FOLDER / "runtime.json").exists():
+                runtime.build(predictor.model, folder, tta_level)
+        network, predictor.runtime = runtime.load(folder, predictor, cache_dir)
+        if network is not None:
+            predictor.network = network
+        log.log(logging.INFO if network else logging.WARNING, "%s served by %s", version.id,
+                runtime.describe(predictor.runtime))
         return predictor
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(x), len(CLASSES)), dtype=np.float32)
-        if len(x) == 0:
-            return out
-        views = tta_views(x, self.tta_level)
-        # All views of a chunk go through the network as one batch: fewer, larger matmuls.
-        chunk = max(1, self.batch_size // len(views))
-        for start in range(0, len(x), chunk):
-            part = slice(start, start + chunk)
-            stacked = np.concatenate([v[part] for _, v in views]).astype(np.float32)
+    def logits(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
+        """Logits of uint8 images over the views of TTA `level` (the predictor's own by default)."""
+        def locked(batch):
             with self._lock:
-                raw = self._run_network(stacked)
-            n = min(chunk, len(x) - start)
-            out[part] = sum(w * raw[i * n:(i + 1) * n] for i, (w, _) in enumerate(views))
-        return out
+                return self.network(batch)
+        return tta.logits(locked, x, self.tta_level if level is None else level, self.batch_size)
 
-    def _run_network(self, x: np.ndarray) -> np.ndarray:
+    def _keras_network(self, x: np.ndarray) -> np.ndarray:
         """The compiled predict function on a batch padded to a power of two: one graph per
         size bucket instead of a retrace for every batch size, and no per-op Python overhead."""
         rows = len(x)
@@ -83,9 +77,9 @@ class Predictor:
             x = np.concatenate([x, np.zeros((bucket - rows, *x.shape[1:]), x.dtype)])
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:rows]
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+    def predict_arrays(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
-        return softmax(self.logits(x), self.temperature)
+        return softmax(self.logits(x, level), self.temperature)
 
     def estimate_accuracy(self, probabilities: np.ndarray, x: np.ndarray | None = None) -> float | None:
         """Expected accuracy on unlabeled images from their served `probabilities` (None without a
@@ -130,15 +124,24 @@ class MicroBatcher:
     While the network runs one batch, new requests queue up; the worker then takes up to
     `max_batch` of them at once. Each caller still gets its own result or its own exception.
     `get_predictor` is read for every batch, so a version swap applies from the next batch.
+
+    Test-time augmentation under load: each batch is served with the most views (cifar.tta) for
+    which the work of everything queued fits in `wait_budget_s`, by the network's measured time
+    per view. A short queue gets the full 6 views; a deep one flip only or the image alone, and
+    the full level comes back as the queue drains. `levels` counts predictions per level.
     """
 
-    def __init__(self, get_predictor, max_batch: int = 32, max_wait_s: float = 0.002):
+    def __init__(self, get_predictor, max_batch: int = 32, max_wait_s: float = 0.002, wait_budget_s: float = 0.25):
+        import collections
         import queue
 
         self.get_predictor, self.max_batch, self.max_wait_s = get_predictor, max_batch, max_wait_s
+        self.wait_budget_s = wait_budget_s
         self._queue: "queue.Queue" = queue.Queue()
         self.batches = 0
         self.images = 0
+        self.levels: collections.Counter = collections.Counter()
+        self.seconds_per_view: float | None = None  # moving average, measured on served batches
         threading.Thread(target=self._run, daemon=True, name="micro-batcher").start()
 
     def predict(self, array: np.ndarray, timeout: float = 60.0) -> np.ndarray:
@@ -148,8 +151,18 @@ class MicroBatcher:
         self._queue.put((array, future))
         return future.result(timeout=timeout)
 
+    def level(self, full: int, waiting: int) -> int:
+        """The TTA level for a batch while `waiting` images are queued (this batch included)."""
+        if self.seconds_per_view is None:
+            return full
+        for level in range(full, 0, -1):
+            if waiting * tta.VIEWS[level] * self.seconds_per_view <= self.wait_budget_s:
+                return level
+        return 0
+
     def _run(self) -> None:
         import queue
+        import time
 
         while True:
             pending = [self._queue.get()]
@@ -159,7 +172,14 @@ class MicroBatcher:
             except queue.Empty:
                 pass
             try:
-                probabilities = self.get_predictor().predict_arrays(np.stack([a for a, _ in pending]))
+                predictor = self.get_predictor()
+                level = self.level(predictor.tta_level, len(pending) + self._queue.qsize())
+                started = time.perf_counter()
+                probabilities = predictor.predict_arrays(np.stack([a for a, _ in pending]), level)
+                per_view = (time.perf_counter() - started) / (len(pending) * tta.VIEWS[level])
+                self.seconds_per_view = per_view if self.seconds_per_view is None else (
+                    0.8 * self.seconds_per_view + 0.2 * per_view)
+                self.levels[level] += len(pending)
                 for (_, future), p in zip(pending, probabilities):
                     future.set_result(p)
             except Exception as exc:  # the callers see it; the worker lives on

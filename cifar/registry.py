@@ -119,7 +119,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f".staging-{version_id}-"))
         try:
             write_files(staging)
-            for file in staging.iterdir():
+            for file in (f for f in staging.rglob("*") if f.is_file()):
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
             staging.chmod(0o755)  # mkdtemp makes it private
@@ -134,8 +134,8 @@ class Registry:
         version_id = version_id or Path(folder).name
         if (self.versions_dir / version_id / MODEL_FILE).exists():
             return self.get(version_id)
-        return self.save(version_id, lambda dest: [shutil.copy2(f, dest / f.name)
-                                                   for f in Path(folder).iterdir() if f.is_file()])
+        return self.save(version_id, lambda dest: shutil.copytree(  # not the Hub client's .cache
+            folder, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*")))
 
     def promote(self, version_id: str, reason: str = "promoted by hand") -> Version:
         version = self.get(version_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, cpu, data, evaluate, images, train
+from . import CLASSES, config, cpu, data, evaluate, images, runtime, train
 from .learning import calibration, retrain as learning_retrain
 from .learning import review
 from .learning.review import ReviewQueue
@@ -50,7 +50,8 @@ class Service:
         self._predictor.warm_up()
         log.info("serving %s in %s", self._predictor.version, cpu.describe())
         max_batch = config.max_batch()
-        self.batcher = MicroBatcher(lambda: self._predictor, max_batch) if max_batch > 1 else None
+        self.batcher = (MicroBatcher(lambda: self._predictor, max_batch, wait_budget_s=config.tta_wait_budget())
+                        if max_batch > 1 else None)
 
     def _seed_registry(self) -> None:
         """First start: copy the shipped versions in (or pull from the Hub when asked to)."""
@@ -442,7 +443,9 @@ class Service:
         total = max(1, sum(training.values()))
         field = self.monitor.field(predictor.calibration, {c: n / total for c, n in training.items()})
         field.update(version=predictor.version, tta_level=predictor.tta_level, uptime_s=round(self.monitor.uptime(), 1),
-                     cpu=cpu.info()["model"], precision=cpu.precision(),
+                     cpu=cpu.info()["model"], precision=cpu.precision(), runtime=runtime.describe(predictor.runtime),
+                     tta_levels={str(level): self.batcher.levels[level] for level in range(predictor.tta_level + 1)}
+                     if self.batcher else {},
                      retrain="running" if self.retrain_started else "idle", hub=self.hub_status,
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
@@ -457,10 +460,11 @@ class Service:
         """Status text (with the alert, if any), the per-endpoint table, and the field numbers."""
         field = self.monitoring()
         batching = (f"micro-batching up to {self.batcher.max_batch} images a call "
-                    f"({self.batcher.images} images in {self.batcher.batches} calls so far)"
+                    f"({self.batcher.images} images in {self.batcher.batches} calls so far; "
+                    f"test-time views by queue depth: {self._levels_text(field['tta_levels'])})"
                     if self.batcher else "batching off (CIFAR_MAX_BATCH=1)")
         text = (f"Current version **{field['version']}** ({field['precision']} on {field['cpu']}); "
-                f"up {field['uptime_s'] / 60:.1f} min; "
+                f"up {field['uptime_s'] / 60:.1f} min; served by **{field['runtime']}**; "
                 f"{batching}; retrain {field['retrain']}; Hub: {self.hub_status}.")
         if field["estimated_accuracy"] is None:
             text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
@@ -473,6 +477,11 @@ class Service:
         rows = [[r["endpoint"], r["requests"], r["errors"], r["p50 ms"], r["p95 ms"], r["p99 ms"]]
                 for r in field["endpoints"]]
         return text, rows, field
+
+    @staticmethod
+    def _levels_text(levels: dict) -> str:
+        names = {"2": "6 views", "1": "flip only", "0": "image alone"}
+        return ", ".join(f"{names.get(level, level)} {count:,}" for level, count in sorted(levels.items(), reverse=True))
 
     def training_distribution(self, version) -> dict[str, int]:
         meta = version.metadata

@@ -4,7 +4,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import card, cpu, evaluate, registry
+from . import card, config, cpu, evaluate, registry, runtime
 
 
 def library_versions() -> dict:
@@ -30,9 +30,11 @@ def machine() -> str:
 
 
 def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict, metrics: dict,
-                       history: dict, calibration: dict | None = None) -> registry.Version:
+                       history: dict, calibration: dict | None = None, holdout_logits=None) -> registry.Version:
     """Write model.keras, metadata.json (with file size), metrics.json, history.json,
-    calibration.json (cifar.learning.calibration.fit) and the card."""
+    calibration.json (cifar.learning.calibration.fit), the card, and the serving runtime's
+    checked OpenVINO model (cifar.runtime; `holdout_logits`: Keras' on the held-out images,
+    if the caller has them)."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
                 "command": shell_command(), "libraries": library_versions(), "machine": machine(),
@@ -46,6 +48,9 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
 
     def write(folder: Path):
         serving_model.save(folder / registry.MODEL_FILE)
+        metadata["runtime"] = {k: v for k, v in runtime.build(
+            serving_model, folder, metrics.get("tta_level", config.tta_level()), holdout_logits).items()
+            if k != "keras_answers"}
         metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
         for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history),
                            ("calibration", calibration)):

@@ -12,10 +12,13 @@ from cifar.predict import MicroBatcher
 class SlowEcho:
     """Stands in for the network: 20 ms a call, returns each image's first pixel as its 'probabilities'."""
 
-    def __init__(self):
-        self.calls, self.fail = [], False
+    tta_level = 2
 
-    def predict_arrays(self, x):
+    def __init__(self):
+        self.calls, self.fail, self.levels = [], False, []
+
+    def predict_arrays(self, x, level=None):
+        self.levels.append(level)
         self.calls.append(len(x))
         time.sleep(0.02)
         if self.fail:
@@ -51,3 +54,22 @@ def test_swapped_predictor_applies_to_the_next_batch():
     current["p"] = second
     batcher.predict(np.zeros((32, 32, 3), np.uint8))
     assert first.calls == [1] and second.calls == [1]
+
+
+def test_a_deep_queue_gets_fewer_views_and_full_views_come_back_as_it_drains():
+    batcher = MicroBatcher(lambda: SlowEcho(), max_batch=32, wait_budget_s=0.25)
+    assert batcher.level(2, 32) == 2  # nothing measured yet: full views
+    batcher.seconds_per_view = 0.0025  # an AVX2-class CPU: 6 views x 32 images = 0.48 s of work
+    assert batcher.level(2, 32) == 1 and batcher.level(2, 64) == 0
+    assert batcher.level(2, 8) == 2  # drained: back to 6 views
+    assert batcher.level(1, 8) == 1  # never more than the predictor's own level
+
+
+def test_levels_served_are_counted_per_prediction():
+    model = SlowEcho()
+    batcher = MicroBatcher(lambda: model, max_batch=8, wait_budget_s=0.0)  # any queue is too deep
+    batcher.predict(np.zeros((32, 32, 3), np.uint8))  # the first batch measures the network
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(batcher.predict, [np.zeros((32, 32, 3), np.uint8)] * 16))
+    assert batcher.levels[2] == 1 and batcher.levels[0] == 16
+    assert model.levels[0] == 2 and set(model.levels[1:]) == {0}

@@ -24,15 +24,16 @@ class NothingToLearn(ValueError):
     """The uploads give the retrain nothing to train on; the message says why and what to do."""
 
 
-def judge(predictor: Predictor) -> tuple[dict, dict]:
-    """Metrics of a freshly trained model on the held-out images, and its calibration fitted on
-    the same logits (one pass of the network for both)."""
+def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
+    """Metrics of a freshly trained model on the held-out images, its calibration fitted on the
+    same logits (one pass of the network for both), and the logits (the runtime's check uses them)."""
     x, y = data.holdout()
     started = time.time()
     logits = predictor.logits(x)
     fitted = calibration.fit(logits, y, predictor.tta_level, data.HOLDOUT_NAME)
     probabilities = calibration.softmax(logits, fitted["temperature"])
-    return evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started), fitted
+    metrics = evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started)
+    return metrics, fitted, logits
 
 
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
@@ -79,7 +80,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
     report(0.82, "judging and calibrating the new version on held-out images")
     candidate = Predictor(result.model, tta_level=serving.tta_level)
-    after, fitted = judge(candidate)
+    after, fitted, holdout_logits = judge(candidate)
     candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
     report(0.9, "estimating accuracy on the uploads, before and after")
     estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up)
@@ -95,8 +96,9 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
     }
     log.info("retrain trained in %.0f s; saving the new version", result.seconds)
+    report(0.93, "converting the new version for the serving runtime and checking it")
     version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
-                                          calibration=fitted)
+                                          calibration=fitted, holdout_logits=holdout_logits)
     candidate.version = version.id
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     if promoted:

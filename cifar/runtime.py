@@ -1,0 +1,193 @@
+"""The serving runtime: each version's network as an OpenVINO model, int8 by NNCF's post-training
+quantization, checked against Keras on the 2,000 held-out images before it serves.
+
+Why OpenVINO int8: it was the fastest of the runtimes measured on both kinds of CPU (README,
+`python -m cifar bench-runtime`), 4-5x Keras at batch 32 on AMX, 2.6x on AVX2 only. Keras
+stays the training format and the fallback: where OpenVINO is missing, the artifact absent or
+its answers drift from Keras', the Keras model serves, and the log and Monitoring say why.
+
+A version's folder holds `openvino/` (model.xml, model.bin, runtime.json). runtime.json keeps the
+check: how often the artifact gave Keras' answer, both accuracies, the CPU it ran on, the files'
+hashes, and Keras' answers themselves, so a later check needs no Keras pass.
+"""
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import cpu, tta
+
+log = logging.getLogger("cifar")
+
+FOLDER = "openvino"
+FILES = ("model.xml", "model.bin", "runtime.json")
+MIN_AGREEMENT = 0.985          # same top class as Keras on at least this share of the held-out images
+MAX_ACCURACY_DROP = 0.003      # and at most this much less accurate
+QUANTIZATION_IMAGES = 512      # training images NNCF measures the activation ranges on
+PRECISIONS = ("int8", "float")  # tried in this order, fastest first; "float" is f32, or bf16 where native
+
+
+def available() -> str | None:
+    """The OpenVINO version, or None when it is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+def _cpu_key() -> str:
+    info = cpu.info()
+    return f"{info['model']} [{' '.join(info['flags'])}]"
+
+
+def _hashes(folder: Path) -> dict:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("model.xml", "model.bin")}
+
+
+class OpenVINONetwork:
+    """A compiled OpenVINO model with the Keras network's call shape: float32 pixels -> logits.
+    Not thread-safe (one infer request): the Predictor calls it under its lock."""
+
+    def __init__(self, xml_path: Path, precision: str):
+        import openvino
+
+        self.precision = precision
+        self.compiled = openvino.Core().compile_model(str(xml_path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.compiled(x)[0], dtype=np.float32)
+
+
+def _export(model, folder: Path) -> dict:
+    """Float and int8 OpenVINO models of a Keras `model`, written in `folder`: {precision: xml}."""
+    import keras
+    import nncf
+    import openvino
+
+    from . import data, model as net
+
+    float_xml = folder / "float" / "model.xml"
+    float_xml.parent.mkdir(parents=True)
+    net.to_float32(model).export(str(float_xml), format="openvino", verbose=False,
+                                 input_signature=[keras.InputSpec(shape=(None, 32, 32, 3), dtype="float32")])
+    x_train, _ = data.replay(QUANTIZATION_IMAGES, seed=0)
+    samples = nncf.Dataset([x_train[i:i + 1].astype(np.float32) for i in range(len(x_train))])
+    quantized = nncf.quantize(openvino.Core().read_model(str(float_xml)), samples, subset_size=len(x_train))
+    int8_xml = folder / "int8" / "model.xml"
+    int8_xml.parent.mkdir()
+    openvino.save_model(quantized, str(int8_xml))
+    return {"int8": int8_xml, "float": float_xml}
+
+
+def check(network, keras_answers: np.ndarray, labels: np.ndarray, tta_level: int) -> dict:
+    """Serve the held-out images through `network`; compare with Keras' answers and accuracy."""
+    from . import data
+
+    x, _ = data.holdout()
+    answers = tta.logits(network, x, tta_level).argmax(1)
+    agreement = float((answers == keras_answers).mean())
+    accuracy, keras_accuracy = float((answers == labels).mean()), float((keras_answers == labels).mean())
+    passed = agreement >= MIN_AGREEMENT and accuracy >= keras_accuracy - MAX_ACCURACY_DROP
+    why = (f"{agreement:.2%} same answers as Keras (needs {MIN_AGREEMENT:.1%}), accuracy {accuracy:.2%} vs Keras "
+           f"{keras_accuracy:.2%} (at most {MAX_ACCURACY_DROP * 100:.1f} point less)")
+    return {"agreement": round(agreement, 5), "accuracy": round(accuracy, 5), "keras_accuracy": round(keras_accuracy, 5),
+            "count": int(len(labels)), "passed": passed, "why": why}
+
+
+def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray | None = None) -> dict:
+    """Convert `model` (Keras), check each precision, and keep the fastest that passes in
+    `version_folder`/openvino. `keras_logits`: Keras' held-out logits at `tta_level` if the
+    caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
+    from . import data
+
+    version = available()
+    if version is None:
+        return {"runtime": "keras", "passed": False, "why": "OpenVINO is not installed (pip install openvino nncf)"}
+    x, labels = data.holdout()
+    if keras_logits is None:
+        from .predict import Predictor
+
+        keras_logits = Predictor(model, tta_level=tta_level).logits(x)
+    keras_answers = keras_logits.argmax(1)
+    report = {"runtime": "openvino", "openvino": version, "tta_level": tta_level, "checked_on": data.HOLDOUT_NAME,
+              "cpu": _cpu_key(), "keras_answers": "".join(map(str, keras_answers.tolist())), "tried": {}}
+    target = Path(version_folder) / FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        for precision, xml in _export(model, Path(work)).items():
+            result = check(OpenVINONetwork(xml, precision), keras_answers, labels, tta_level)
+            report["tried"][precision] = result
+            if result["passed"]:
+                for suffix in (".xml", ".bin"):
+                    shutil.copy2(xml.with_suffix(suffix), target / f"model{suffix}")
+                report.update(result, precision=precision, sha256=_hashes(target))
+                break
+    if not report.get("passed"):
+        report.update(runtime="keras", passed=False,
+                      why="no OpenVINO model passed the check: " + "; ".join(
+                          f"{p}: {r['why']}" for p, r in report["tried"].items()))
+    (target / "runtime.json").write_text(json.dumps(report, indent=1))
+    log.info("serving runtime for %s: %s", Path(version_folder).name, describe(report))
+    return report
+
+
+def describe(status: dict) -> str:
+    """One line for the log and Monitoring."""
+    if status.get("runtime") == "openvino" and status.get("passed"):
+        return (f"OpenVINO {status['precision']} ({status['agreement']:.2%} same answers as Keras on "
+                f"{status['count']:,} held-out images, accuracy {status['accuracy']:.2%} vs {status['keras_accuracy']:.2%})")
+    return f"Keras: {status.get('why', 'no OpenVINO model')}"
+
+
+def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork | None, dict]:
+    """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
+
+    The check stands without a rerun when the files are the ones checked on this CPU (their
+    hashes, the CPU model and flags); otherwise the artifact serves the held-out images again
+    and is compared with the Keras answers stored at conversion (a Keras pass only if the TTA
+    level changed). Reruns are cached in `cache_dir`, since a version's folder never changes."""
+    target = Path(folder) / FOLDER
+    try:
+        stored = json.loads((target / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return None, {"runtime": "keras", "passed": False, "why": "this version has no OpenVINO model"}
+    if not stored.get("passed"):
+        return None, stored
+    if available() is None:
+        return None, {"runtime": "keras", "passed": False, "why": "OpenVINO is not installed (pip install openvino nncf)"}
+    summary = {k: v for k, v in stored.items() if k != "keras_answers"}
+    try:
+        network = OpenVINONetwork(target / "model.xml", stored["precision"])
+        hashes = _hashes(target)
+    except Exception as exc:  # a missing or unreadable file: Keras serves
+        return None, {**summary, "runtime": "keras", "passed": False,
+                      "why": f"the OpenVINO model could not be loaded ({exc.__class__.__name__})"}
+    level = keras_predictor.tta_level
+    if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
+        return network, summary
+    cached = Path(cache_dir) / f"runtime-check-{hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]}.json" \
+        if cache_dir else None
+    if cached and cached.exists():
+        result = json.loads(cached.read_text())
+    else:
+        from . import data
+
+        x, labels = data.holdout()
+        answers = (np.array([int(c) for c in stored["keras_answers"]]) if stored.get("tta_level") == level
+                   else keras_predictor.logits(x).argmax(1))
+        result = check(network, answers, labels, level)
+        if cached:
+            from .registry import write_json_atomic
+
+            write_json_atomic(cached, result)
+    status = {**summary, **result, "tta_level": level,
+              "why": result["why"] if not result["passed"] else "checked again on this CPU"}
+    if not result["passed"]:
+        return None, {**status, "runtime": "keras",
+                      "why": f"the OpenVINO {stored['precision']} model failed its check on this machine: {result['why']}"}
+    return network, status

@@ -1,0 +1,100 @@
+"""The serving runtime: a version's network converted to OpenVINO (int8), checked against Keras on
+the held-out images before it serves, and Keras serving with the reason shown when the check fails."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cifar import config, data, model as net, predict, registry, runtime, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model(test_split):
+    x, y = test_split
+    picks = data.balanced_subset(y, 100, seed=0)
+    return train.train_from_scratch(x[picks], y[picks], epochs=8, widths=(32, 64, 64), seed=0).model
+
+
+def _shipped_copy(tmp_path) -> registry.Version:
+    shipped = registry.Registry(config.shipped_models_dir()).current()
+    shutil.copytree(shipped.path, tmp_path / shipped.id)
+    return registry.Version(shipped.id, tmp_path / shipped.id)
+
+
+def test_a_tiny_model_converts_and_the_check_decides_what_serves(tiny_model, tmp_path):
+    report = runtime.build(tiny_model, tmp_path, tta_level=1)
+    assert list(report["tried"])[0] == "int8"
+    for result in report["tried"].values():  # the verdict follows the two rules, nothing else
+        assert result["passed"] == (result["agreement"] >= runtime.MIN_AGREEMENT and
+                                    result["accuracy"] >= result["keras_accuracy"] - runtime.MAX_ACCURACY_DROP)
+    passing = [p for p, r in report["tried"].items() if r["passed"]]
+    keras_predictor = predict.Predictor(tiny_model, tta_level=1)
+    network, status = runtime.load(tmp_path, keras_predictor)
+    if not passing:  # a barely trained net has near ties that int8 (and bf16) flip: Keras serves
+        assert network is None and not (tmp_path / runtime.FOLDER / "model.xml").exists()
+        assert "no OpenVINO model passed the check" in runtime.describe(status)
+        return
+    assert report["precision"] == passing[0] and status["precision"] == passing[0]
+    x, y = data.holdout()
+    served = predict.Predictor(tiny_model, tta_level=1, network=network).logits(x).argmax(1)
+    assert (served == y).mean() == pytest.approx(report["accuracy"], abs=1e-6)
+    assert (served == keras_predictor.logits(x).argmax(1)).mean() >= runtime.MIN_AGREEMENT
+
+
+def test_when_no_precision_passes_keras_serves_and_says_why(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "MIN_AGREEMENT", 1.01)  # an impossible bar
+    report = runtime.build(tiny_model, tmp_path, tta_level=1)
+    assert not report["passed"] and set(report["tried"]) == {"int8", "float"}
+    assert not (tmp_path / runtime.FOLDER / "model.bin").exists()
+    network, status = runtime.load(tmp_path, predict.Predictor(tiny_model, tta_level=1))
+    assert network is None and "same answers as Keras (needs 101.0%)" in runtime.describe(status)
+
+
+def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
+    version = _shipped_copy(tmp_path)
+    served = predict.Predictor.for_version(version, cache_dir=tmp_path / "cache")
+    assert isinstance(served.network, runtime.OpenVINONetwork) and served.runtime["precision"] == "int8"
+    keras_only = predict.Predictor.load(version.model_path)
+    x, _ = data.holdout()
+    agree = (served.logits(x[::10]).argmax(1) == keras_only.logits(x[::10]).argmax(1)).mean()
+    assert agree >= 0.97  # 200 images: the check's 98.5% on 2,000 less sampling slack
+
+
+def test_a_broken_artifact_is_caught_and_keras_serves_with_the_reason_shown(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("CIFAR_HOME", str(home))
+    reg = registry.Registry(config.registry_dir())
+    reg.seed_from(config.shipped_models_dir())
+    folder = reg.current().path / runtime.FOLDER
+    model = net.load(reg.current().model_path)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + rng.normal(0, 0.5 * (float(np.std(w, dtype=np.float64)) or 1), w.shape).astype(w.dtype) for w in model.get_weights()])
+    exported = runtime._export(model, tmp_path / "broken")  # a valid OpenVINO model with the wrong weights
+    for suffix in (".xml", ".bin"):
+        shutil.copy2(exported["int8"].with_suffix(suffix), folder / f"model{suffix}")
+    weights = folder / "model.bin"
+
+    from cifar.service import Service
+
+    service = Service()
+    assert not isinstance(service.predictor.network, runtime.OpenVINONetwork)
+    text, _, field = service.monitoring_view()
+    assert "failed its check on this machine" in field["runtime"] and "served by **Keras:" in text
+    x, y = data.holdout()
+    assert (service.predictor.predict_arrays(x[:200]).argmax(1) == y[:200]).mean() > 0.85  # Keras still right
+    cached = list(config.cache_dir().glob("runtime-check-*.json"))
+    assert len(cached) == 1 and not json.loads(cached[0].read_text())["passed"]
+
+    weights.unlink()  # a missing file: loads nothing, Keras serves
+    network, status = runtime.load(reg.current().path, service.predictor, config.cache_dir())
+    assert network is None and "could not be loaded" in status["why"]
+
+
+def test_a_version_without_an_artifact_gets_one_in_the_cache(tmp_path):
+    version = _shipped_copy(tmp_path)
+    shutil.rmtree(version.path / runtime.FOLDER)
+    served = predict.Predictor.for_version(version, cache_dir=tmp_path / "cache")
+    assert isinstance(served.network, runtime.OpenVINONetwork)
+    assert (tmp_path / "cache" / f"runtime-{version.id}" / runtime.FOLDER / "model.xml").exists()
+    assert not (version.path / runtime.FOLDER).exists()  # the version itself never changes
