@@ -187,6 +187,19 @@ def retrain_during(host: str, delay: float):
     return thread
 
 
+def serving(host: str) -> str:
+    """What ran the network and at which test-time levels, from the app's /monitoring endpoint
+    (a plain Gradio Space has none: it calls Keras' model.predict)."""
+    from gradio_client import Client
+
+    try:
+        field = Client(host, verbose=False).predict(api_name="/monitoring")
+    except Exception:
+        return "Keras model.predict per request (no /monitoring)"
+    levels = ", ".join(f"level {level}: {count}" for level, count in sorted(field.get("tta_levels", {}).items()))
+    return f"{field['runtime']}; predictions by TTA level: {levels or 'none batched'}"
+
+
 def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.py") -> dict:
     app = None if args.host else App(app_env, script=script)
     host = args.host or app.url
@@ -196,6 +209,7 @@ def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.p
         prefix = run_locust(host, args.users, args.spawn_rate, args.duration, args.out, label)
         if retrain:
             retrain.join(600)  # report how it ended before the app stops
+        served_by = serving(host)
     finally:
         memory_line = memory.stop() if memory else ""
         if app:
@@ -204,7 +218,7 @@ def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.p
     line, numbers = summarize(read_stats(prefix), label)
     if app:
         line += f"; app ready in {app.ready_seconds:.1f} s; {memory_line}"
-    print(line, flush=True)
+    print(line + f"\n  served by {served_by}", flush=True)
     return numbers
 
 
@@ -253,7 +267,7 @@ def main() -> None:
     else:
         failures = one_run(args, "run", None)["failures"]
     print(f"reports in {args.out}")
-    print(f"CPU: {cpu.describe()}; TTA level {os.environ.get('CIFAR_TTA', '2')}; runtime: Keras (TensorFlow)")
+    print(f"CPU: {cpu.describe()}; TTA level {os.environ.get('CIFAR_TTA', '2')} when the queue is short")
     if args.fail_on_error and failures:
         sys.exit(1)
 

@@ -6,21 +6,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_load(host: str, out: Path, duration: str, timeout: float) -> float:
+def run_load(host: str, out: Path, duration: str, timeout: float) -> tuple[float, str]:
     """Run loadtest/run.py with --fail-on-error against `host`; assert it passed with 0 failures
-    and return its predict round trips a second."""
+    and return its predict round trips a second and its report."""
     result = subprocess.run([sys.executable, str(ROOT / "loadtest" / "run.py"), "--host", host,
                              "--users", "4", "--spawn-rate", "4", "--duration", duration, "--fail-on-error",
                              "--out", str(out)], capture_output=True, text=True, timeout=timeout)
     summary = [line for line in result.stdout.splitlines() if line.startswith("run:")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert summary and "failures 0" in summary[0]
-    return float(summary[0].split("predict round trips ")[1].split("/s")[0])
+    return float(summary[0].split("predict round trips ")[1].split("/s")[0]), result.stdout
 
 
 def test_smoke_load_run_has_no_failures(app_server, tmp_path):
     out = tmp_path / "load"
-    assert run_load(app_server.url, out, "15s", timeout=180) > 0.5  # it really served predictions
+    rate, report = run_load(app_server.url, out, "15s", timeout=180)
+    assert rate > 0.5  # it really served predictions
+    assert "served by OpenVINO int8" in report  # the runtime on, as the app ships
     for name in ("run_stats.csv", "run.html", "run_over_time.png"):
         assert (out / name).stat().st_size > 0
 
@@ -31,7 +33,7 @@ def answers_the_load(script: str, tmp_path, ready_timeout: float) -> None:
 
     app = App(home=tmp_path / "home", script=ROOT / "loadtest" / script, timeout=ready_timeout)
     try:
-        assert run_load(app.url, tmp_path / "load", "5s", timeout=120) > 1
+        assert run_load(app.url, tmp_path / "load", "5s", timeout=120)[0] > 1
     finally:
         app.stop()
 
