@@ -277,6 +277,9 @@ def cmd_bench_retrain_time(args) -> None:
     print(f"\nretrain on {report.accepted} uploaded images ({result['pseudo_used']} pseudo-labeled) took "
           f"{time.time() - started:.0f} s; held-out accuracy {result['before']['accuracy']:.4f} -> "
           f"{result['after']['accuracy']:.4f}; {result['message']}")
+    steps = result.get("train_steps") or ["?", "?"]
+    print("phases (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["phases"].items()) +
+          f"; training budget {result['train_budget_seconds']:.0f} s, {steps[0]} of {steps[1]} planned steps run")
 
 
 def cmd_bench_retrain(args) -> None:

@@ -162,9 +162,11 @@ class BiasScaledSGD(keras.optimizers.SGD):
 
 
 def make_optimizer(total_steps: int, lr_scale: float = 1.0, bias_scaler: float | None = None,
-                   ema: bool = True) -> keras.optimizers.Optimizer:
+                   ema: bool = True, schedule: bool = True) -> keras.optimizers.Optimizer:
+    """`schedule=False`: a plain learning-rate variable that a callback sets (cifar.train.TimeBox)."""
     start, peak_at, end = HYP["schedule"]
-    schedule = TriangleSchedule(HYP["lr"] * lr_scale, total_steps, start, peak_at, end)
+    peak = HYP["lr"] * lr_scale
+    schedule = TriangleSchedule(peak, total_steps, start, peak_at, end) if schedule else peak * start
     return BiasScaledSGD(
         bias_scaler=HYP["bias_scaler"] if bias_scaler is None else bias_scaler,
         learning_rate=schedule, momentum=HYP["momentum"], nesterov=True,

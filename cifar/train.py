@@ -57,18 +57,20 @@ class TrainResult:
 
 
 class _ProgressCallback(keras.callbacks.Callback):
-    def __init__(self, total_steps: int, steps_before: int, report, started: float, epoch: int, epochs: int):
+    def __init__(self, total_steps: int, steps_before: int, report, started: float, epoch: int, epochs: int,
+                 timebox=None):
         super().__init__()
         self.total, self.before, self.report, self.started = total_steps, steps_before, report, started
-        self.epoch, self.epochs = epoch, epochs
+        self.epoch, self.epochs, self.timebox = epoch, epochs, timebox
 
     def on_train_batch_end(self, batch, logs=None):
         done = self.before + batch + 1
         if self.report and (batch % 5 == 0 or done == self.total):
             elapsed = time.time() - self.started
-            left = elapsed / done * (self.total - done)
-            self.report(done / self.total, f"epoch {self.epoch + 1}/{self.epochs}, step {done}/{self.total}, "
-                                           f"{elapsed:.0f}s elapsed, ~{left:.0f}s left")
+            fraction = min(1.0, self.timebox.progress()) if self.timebox else done / self.total
+            left = elapsed / max(fraction, 1e-6) * (1 - fraction)
+            self.report(fraction, f"epoch {self.epoch + 1}/{self.epochs}, step {done}/{self.total}, "
+                                  f"{elapsed:.0f}s elapsed, ~{left:.0f}s left")
 
 
 class Lookahead(keras.callbacks.Callback):
@@ -100,6 +102,40 @@ class Lookahead(keras.callbacks.Callback):
             weight.assign(average)
 
 
+class TimeBox(keras.callbacks.Callback):
+    """Fine-tuning that fits a time budget on any CPU. The learning rate follows the recipe's
+    triangle over progress = max(steps done / steps planned, seconds spent / budget), and
+    training ends when progress reaches 1: on a fast CPU every planned step runs (as without a
+    budget), on a slow one the same schedule is compressed into the budget, ending decayed."""
+
+    def __init__(self, total_steps: int, budget_s: float | None, peak_lr: float):
+        super().__init__()
+        self.total, self.budget, self.peak = total_steps, budget_s, peak_lr
+        self.start, self.peak_at, self.end = net.HYP["schedule"]
+        self.steps, self.started, self.done = 0, None, False
+
+    def progress(self) -> float:
+        by_steps = self.steps / self.total
+        if not self.budget or self.started is None:
+            return by_steps
+        return max(by_steps, (time.time() - self.started) / self.budget)
+
+    def learning_rate(self, t: float) -> float:
+        if t < self.peak_at:
+            return self.peak * (self.start + (1 - self.start) * t / self.peak_at)
+        return self.peak * max(1 + (self.end - 1) * (t - self.peak_at) / (1 - self.peak_at), self.end)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = self.learning_rate(min(self.progress(), 1.0))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.started is None:  # the clock starts after the first step: tracing is not training
+            self.started = time.time()
+        if self.progress() >= 1.0:
+            self.done = self.model.stop_training = True
+
+
 def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batch_size: int = 500) -> None:
     """Re-estimate BatchNorm statistics for the final (EMA) weights: forward passes in training
     mode update only the moving averages, never the weights."""
@@ -111,12 +147,14 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batc
 
 def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: int = 0,
         lr_scale: float = 1.0, bias_scaler: float | None = None, batch_size: int | None = None,
-        lookahead: bool = False, validation=None, report=None, verbose: int = 0) -> TrainResult:
+        lookahead: bool = False, validation=None, report=None, verbose: int = 0,
+        time_budget_s: float | None = None) -> TrainResult:
     """Train `model` in place with the recipe for `epochs` epochs; weights end as their average:
     the lookahead's (from scratch) or the optimizer's EMA with refreshed BatchNorm (fine-tuning).
 
     `x` is (N, 32, 32, 3) uint8, `y` either labels (N,) or soft targets (N, 10).
-    `report(fraction, message)` is called as steps finish.
+    `report(fraction, message)` is called as steps finish. `time_budget_s` (fine-tuning only):
+    at most this many seconds of training, the schedule compressed to fit (TimeBox).
     """
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
@@ -124,29 +162,35 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     model.get_layer("whiten").kernel.trainable = False  # not saved with the model: freeze again
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total_steps = steps_per_epoch * epochs
-    model.compile(optimizer=net.make_optimizer(total_steps, lr_scale, bias_scaler, ema=not lookahead),
+    timebox = TimeBox(total_steps, time_budget_s, net.HYP["lr"] * lr_scale) if not lookahead else None
+    model.compile(optimizer=net.make_optimizer(total_steps, lr_scale, bias_scaler, ema=not lookahead,
+                                               schedule=timebox is None),
                   loss=net.make_loss(), metrics=["accuracy"], jit_compile=False)
     targets = y if y.ndim == 2 else one_hot(y)
     flip_mask = rng.random(len(x)) < 0.5
     history: dict[str, list] = {}
     val = (validation[0], one_hot(validation[1])) if validation is not None else None
-    averaging = [Lookahead(total_steps)] if lookahead else []
+    averaging = [Lookahead(total_steps)] if lookahead else [timebox]
     started = time.time()
     for epoch in range(epochs):
         augmented = random_translate(alternating_flip(x, epoch, flip_mask), net.HYP["translate"], rng)
-        callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs)
+        callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs, timebox)
         h = model.fit(augmented, targets, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
                       shuffle=True, validation_data=val, callbacks=[callback, *averaging], verbose=verbose)
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("seconds", []).append(round(time.time() - started, 1))
+        if timebox and timebox.done:
+            break
+    if timebox:
+        history["steps"] = [timebox.steps, total_steps]  # steps run of those planned
         if verbose:
             print(f"epoch {epoch + 1}/{epochs} done in {time.time() - started:.0f}s total "
                   f"({', '.join(f'{k}={v[-1]:.4f}' for k, v in history.items() if k != 'seconds')})", flush=True)
     if not lookahead:
         model.optimizer.finalize_variable_values(model.trainable_variables)
         refresh_batchnorm(model, x)
-    return TrainResult(model, history, time.time() - started, epochs)
+    return TrainResult(model, history, time.time() - started, len(history.get("seconds", [])))
 
 
 def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,
@@ -175,15 +219,19 @@ RETRAIN = {
     "bias_scaler": 1.0,   # BatchNorm biases at the plain lr: 64x (from scratch) moved clean accuracy most
     "batch_size": 256,    # smaller than from scratch: more steps on few images
     "lr_scale": 0.05,     # a twentieth of the from-scratch lr: 0.1 cost 1-2 clean points (bench-retrain)
+    "seconds": 170,       # a whole retrain should end within 3 minutes on any CPU: training gets what is left
+    "min_train_seconds": 20,  # ...but never less than this
 }
 
 
 def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,
-             report=None) -> TrainResult:
-    """A fresh copy of the model at `model_path`, trained a few epochs on (x, y), EMA weights."""
+             report=None, time_budget_s: float | None = None) -> TrainResult:
+    """A fresh copy of the model at `model_path`, trained a few epochs on (x, y), EMA weights,
+    in at most `time_budget_s` seconds of training (TimeBox) when given."""
     from . import predict
 
     set_precision()
     model = predict.Predictor.load(model_path).model
     return fit(model, x, y, epochs or RETRAIN["epochs"], seed=seed, lr_scale=RETRAIN["lr_scale"],
-               bias_scaler=RETRAIN["bias_scaler"], batch_size=RETRAIN["batch_size"], report=report)
+               bias_scaler=RETRAIN["bias_scaler"], batch_size=RETRAIN["batch_size"], report=report,
+               time_budget_s=time_budget_s)

@@ -52,8 +52,10 @@ def test_round_trip_two_versions(hub, two_versions, test_split, tmp_path):
     card = repo.commits[0]["files"]["README.md"][0].decode()
     assert card.startswith("---\n") and "library_name: keras" in card and "model-index" in card
 
+    assert "openvino/runtime.json" in repo.commits[0]["files"]  # the runtime's check travels with it
     fresh = Registry(tmp_path / "fresh")
     pulled = cifar_hub.pull(fresh, old.id)
+    assert (pulled.path / "openvino" / "runtime.json").read_bytes() == (old.path / "openvino" / "runtime.json").read_bytes()
     assert pulled.id == old.id and [v.id for v in fresh.list()] == [old.id]
     x, _ = test_split
     sample = x[::250]
@@ -76,11 +78,11 @@ def test_server_dying_mid_push_loses_nothing_and_retry_succeeds(hub, two_version
     from cifar import hub as cifar_hub
 
     reg, (old, _) = two_versions
-    before = {p.name: p.read_bytes() for p in old.path.iterdir()}
+    before = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
     hub.fail_uploads = 100  # every LFS upload drops the connection
     with pytest.raises(cifar_hub.HubError):
         cifar_hub.push(old)
-    assert {p.name: p.read_bytes() for p in old.path.iterdir()} == before
+    assert {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file()} == before
     assert old.id not in cifar_hub.tags()
     hub.fail_uploads = 0
     commit = cifar_hub.push(old)
@@ -106,3 +108,19 @@ def test_app_can_start_from_the_newest_pushed_version(hub, two_versions, monkeyp
     service = Service()  # a fresh CIFAR_HOME (see conftest): everything comes from the Hub
     assert service.predictor.version == new.id
     assert service.registry.promotions()[-1][2] == "pulled from the Hub at start"
+
+
+def test_a_pulled_version_without_a_runtime_gets_one(hub, two_versions, tmp_path):
+    """Versions pushed before the serving runtime existed: the pull converts and checks them."""
+    import shutil
+
+    from cifar import hub as cifar_hub, runtime
+
+    _, (old, _) = two_versions
+    older = tmp_path / old.id
+    shutil.copytree(old.path, older, ignore=shutil.ignore_patterns(runtime.FOLDER))
+    cifar_hub.push(Registry(tmp_path / "older").add_folder(older))
+    assert not any(name.startswith("openvino/") for name in hub.repos["cifar-team/cifar10-classifier"].commits[0]["files"])
+    pulled = cifar_hub.pull(Registry(tmp_path / "fresh"), old.id)
+    report = __import__("json").loads((pulled.path / runtime.FOLDER / "runtime.json").read_text())
+    assert set(report["tried"]) >= {"int8"} and len(report["keras_answers"]) == 2000

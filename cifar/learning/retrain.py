@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .. import CLASSES, data, evaluate, train, versions
+from .. import CLASSES, data, evaluate, train, tta, versions
 from ..predict import Predictor
 from . import calibration
 from .pseudo_labels import pseudo_labels, upload_probabilities
@@ -36,6 +36,17 @@ def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
     return metrics, fitted, logits
 
 
+def training_budget(elapsed: float, seconds_per_view: float, uploads: int, views: int) -> float:
+    """Seconds the training may take so the whole retrain ends within RETRAIN["seconds"]: what is
+    left after the time spent so far and the work still to come after training (judging on the
+    held-out images, the accuracy estimates, the runtime's conversion and check), priced at the
+    Keras time per view measured while pseudo-labelling on this machine."""
+    from .. import train
+
+    after_training = seconds_per_view * (2000 * views * 1.4 + 2 * (uploads + 8000)) + 15
+    return max(train.RETRAIN["min_train_seconds"], train.RETRAIN["seconds"] - elapsed - after_training)
+
+
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
         report) -> tuple[dict, Predictor]:
     """Fine-tune the current version on every upload and save the result as a new version.
@@ -54,8 +65,11 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
     report(0.02, "pseudo-labelling unlabeled uploads")
     unlabeled = y_up < 0
+    phases = {}
     probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature)
                      if unlabeled.any() else np.zeros((0, 10)))
+    phases["pseudo-labels"] = time.time() - started
+    seconds_per_view = phases["pseudo-labels"] / max(1, int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
     guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
                                        train.RETRAIN["min_recognised"])
     labels = y_up.copy()
@@ -76,20 +90,28 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
-    result = train.finetune(parent.model_path, x_train, y_train, epochs,
+    # No unlabeled uploads measured the machine: price a view as a slow CPU would (AVX2, float32).
+    budget = training_budget(time.time() - started, seconds_per_view if unlabeled.sum() >= 200 else 1 / 150,
+                             len(x_up), tta.VIEWS[serving.tta_level])
+    result = train.finetune(parent.model_path, x_train, y_train, epochs, time_budget_s=budget,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
+    phases["training"] = result.seconds
     report(0.82, "judging and calibrating the new version on held-out images")
+    mark = time.time()
     candidate = Predictor(result.model, tta_level=serving.tta_level)
     after, fitted, holdout_logits = judge(candidate)
+    phases["judging"], mark = time.time() - mark, time.time()
     candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
     report(0.9, "estimating accuracy on the uploads, before and after")
     estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up)
     estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up), x_up)
+    phases["estimates"], mark = time.time() - mark, time.time()
     metadata = {
         "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
         "train_count": int(len(x_train)),
         "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
         "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()), "uploads_reviewed": int(reviewed.sum()),
+        "train_budget_seconds": round(budget, 1), "train_steps": result.history.get("steps"),
         "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
         "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
         "eval_data": data.HOLDOUT_NAME, "eval_count": after["count"],
@@ -99,6 +121,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     report(0.93, "converting the new version for the serving runtime and checking it")
     version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
                                           calibration=fitted, holdout_logits=holdout_logits)
+    phases["saving and conversion"] = time.time() - mark
     candidate.version = version.id
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     if promoted:
@@ -112,4 +135,6 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
             "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
             "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
-            "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1)}, candidate
+            "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1),
+            "phases": {k: round(v, 1) for k, v in phases.items()}, "train_budget_seconds": round(budget, 1),
+            "train_steps": result.history.get("steps")}, candidate
