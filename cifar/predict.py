@@ -54,12 +54,19 @@ class Predictor:
             folder = Path(cache_dir) / f"runtime-{version.id}"
             if not (folder / runtime.FOLDER / "runtime.json").exists():
                 runtime.build(predictor.model, folder, tta_level)
-        network, predictor.runtime = runtime.load(folder, predictor, cache_dir)
-        if network is not None:
-            predictor.network = network
-        log.log(logging.INFO if network else logging.WARNING, "%s served by %s", version.id,
-                runtime.describe(predictor.runtime))
+        predictor.use_runtime(folder, cache_dir)
         return predictor
+
+    def use_runtime(self, folder, cache_dir=None) -> None:
+        """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
+        otherwise keep Keras, with the reason in `runtime` (and the log)."""
+        from . import runtime
+
+        network, self.runtime = runtime.load(folder, self, cache_dir)
+        if network is not None:
+            self.network = network
+        log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",
+                runtime.describe(self.runtime))
 
     def logits(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Logits of uint8 images over the views of TTA `level` (the predictor's own by default)."""

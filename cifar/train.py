@@ -132,8 +132,9 @@ class TimeBox(keras.callbacks.Callback):
         self.steps += 1
         if self.started is None:  # the clock starts after the first step: tracing is not training
             self.started = time.time()
-        if self.progress() >= 1.0:
+        if self.progress() >= 1.0:  # the schedule has run its course, in steps or in time
             self.done = self.model.stop_training = True
+            self.model.optimizer.learning_rate = self.learning_rate(1.0)
 
 
 def refresh_batchnorm(model: keras.Model, x: np.ndarray, batches: int = 20, batch_size: int = 500) -> None:

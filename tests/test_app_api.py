@@ -87,6 +87,10 @@ def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):
     assert len(after) == len(before) + 1
     new_id = after[0][0]
     assert new_id.endswith("-retrain") and comparison["data"][0][0] == "held-out accuracy"
+    if "Promoted" in text:  # the new version serves through its own checked runtime (or says why not)
+        served = client.predict(api_name="/monitoring")
+        assert served["version"] == new_id
+        assert served["runtime"].startswith(("OpenVINO", "Keras: no OpenVINO model passed the check")), served["runtime"]
 
     summary, scores, side, *plots = client.predict(new_id, before[0][0], api_name="/metrics")
     assert new_id in summary and len(scores["data"]) == 11 and side["data"][0][0] == "accuracy"

@@ -122,6 +122,10 @@ def test_monitoring_counts_browser_predictions_and_refreshes_while_open(page):
     before = counted()
     assert before >= 2                       # the example and the uploaded picture, made in this browser
     assert page.locator("svg path[aria-roledescription='line mark']").count() >= 5   # the plots are drawn
+    # What serves the network, as a person reads it, and how many predictions had all 6 views.
+    text = page.locator("body").inner_text()
+    assert re.search(r"served by OpenVINO int8 \(9\d\.\d\d% same answers as Keras", text), text[:2000]
+    assert re.search(r"test-time views by queue depth: 6 views [1-9]", text)
     # Predict in the browser again, come back: the tab updates by itself (no reload).
     page.get_by_role("tab", name="Predict").click()
     page.get_by_role("button", name="Classify", exact=True).click()

@@ -22,7 +22,7 @@ def test_smoke_load_run_has_no_failures(app_server, tmp_path):
     out = tmp_path / "load"
     rate, report = run_load(app_server.url, out, "15s", timeout=180)
     assert rate > 0.5  # it really served predictions
-    assert "served by OpenVINO int8" in report  # the runtime on, as the app ships
+    assert "served by OpenVINO" in report, report  # the runtime on, as the app ships (int8, or float if int8 failed its check)
     for name in ("run_stats.csv", "run.html", "run_over_time.png"):
         assert (out / name).stat().st_size > 0
 

@@ -108,3 +108,21 @@ def test_lookahead_moves_weights_to_their_average_every_few_steps_and_ends_on_it
     for step in range(5):
         lookahead.on_train_batch_end(step)
     np.testing.assert_allclose(kernel.numpy()[0, 0], 1 - decay, rtol=1e-6)  # last step: the average itself
+
+
+def test_the_time_box_follows_the_recipe_schedule_and_stops_at_its_budget(test_split):
+    """On a fast CPU the time box is the step schedule itself; on a slow one (here: a budget far
+    below what the steps need) training ends early, at the schedule's last learning rate."""
+    schedule = net.TriangleSchedule(1.0, 100, *net.HYP["schedule"])
+    box = train.TimeBox(100, None, 1.0)
+    for step in (0, 10, 23, 50, 99):
+        box.steps = step
+        assert abs(box.learning_rate(box.progress()) - float(schedule(step))) < 1e-6
+
+    x, y = test_split
+    picks = data.balanced_subset(y, 60, seed=0)
+    model = train.train_from_scratch(x[picks], y[picks], epochs=1, widths=(16, 32, 32)).model
+    result = train.fit(model, x[picks], y[picks], epochs=20, batch_size=64, lr_scale=0.05, time_budget_s=0.5)
+    run, planned = result.history["steps"]
+    assert planned == 20 * 10 and 1 <= run < planned and result.epochs < 20
+    assert abs(float(model.optimizer.learning_rate) - 0.05 * net.HYP["lr"] * net.HYP["schedule"][2]) < 1e-4

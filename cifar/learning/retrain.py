@@ -123,6 +123,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
                                           calibration=fitted, holdout_logits=holdout_logits)
     phases["saving and conversion"] = time.time() - mark
     candidate.version = version.id
+    candidate.use_runtime(version.path)  # if promoted, it serves through its checked OpenVINO model
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     if promoted:
         reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
