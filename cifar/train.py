@@ -125,13 +125,15 @@ class TimeBox(keras.callbacks.Callback):
             return self.peak * (self.start + (1 - self.start) * t / self.peak_at)
         return self.peak * max(1 + (self.end - 1) * (t - self.peak_at) / (1 - self.peak_at), self.end)
 
+    def on_train_begin(self, logs=None):
+        if self.started is None:  # fit() calls Keras once an epoch: the clock starts once, tracing included
+            self.started = time.time()
+
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.learning_rate(min(self.progress(), 1.0))
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.started is None:  # the clock starts after the first step: tracing is not training
-            self.started = time.time()
         if self.progress() >= 1.0:  # the schedule has run its course, in steps or in time
             self.done = self.model.stop_training = True
             self.model.optimizer.learning_rate = self.learning_rate(1.0)
