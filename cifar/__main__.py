@@ -174,7 +174,7 @@ def cmd_bench_serving(args) -> None:
           f"at batch 256 | top-1 on {len(x):,} test images | same answer as Keras |\n|---|---|---|---|---|---|")
     reference = None
     with tempfile.TemporaryDirectory() as work:
-        exported = runtime._export(keras_model, Path(work))
+        exported = runtime.export(keras_model, Path(work))
         for precision in ("float", "int8"):
             paths[f"OpenVINO {precision}"] = runtime.OpenVINONetwork(exported[precision], precision)
         for name, network in paths.items():

@@ -163,7 +163,8 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_
             rows.append(row)
             report(f"{shift} ({row['labels']}): shifted {row['shifted_before']:.4f} -> {row['shifted_after']:.4f}, "
                    f"clean {row['clean_before']:.4f} -> {row['clean_after']:.4f}, pseudo {row['pseudo_coverage']:.0%} "
-                   f"covered at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s, promoted {row['promoted']}")
+                   f"covered at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s ({row['phases']}, steps "
+                   f"{row['train_steps']}), promoted {row['promoted']}")
     write_report(rows, out)
     return rows
 
@@ -213,7 +214,8 @@ def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, varia
                                       config.cache_dir())
     return {"predictor": retrained, "pseudo_coverage": float(confident.mean()),
             "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
-            "reviewed": len(chosen), "retrain_seconds": round(seconds, 1), "promoted": result["promoted"]}
+            "reviewed": len(chosen), "retrain_seconds": round(seconds, 1), "promoted": result["promoted"],
+            "phases": result.get("phases"), "train_steps": result.get("train_steps")}
 
 
 def write_report(rows: list[dict], out: Path) -> None:

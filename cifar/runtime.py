@@ -63,7 +63,7 @@ class OpenVINONetwork:
         return np.asarray(self.compiled(x)[0], dtype=np.float32)
 
 
-def _export(model, folder: Path) -> dict:
+def export(model, folder: Path) -> dict:
     """Float and int8 OpenVINO models of a Keras `model`, written in `folder`: {precision: xml}."""
     import keras
     import nncf
@@ -119,7 +119,7 @@ def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray 
     target = Path(version_folder) / FOLDER
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        for precision, xml in _export(model, Path(work)).items():
+        for precision, xml in export(model, Path(work)).items():
             result = check(OpenVINONetwork(xml, precision), keras_answers, labels, tta_level)
             report["tried"][precision] = result
             if result["passed"]:

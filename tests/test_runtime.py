@@ -70,7 +70,7 @@ def test_a_broken_artifact_is_caught_and_keras_serves_with_the_reason_shown(tmp_
     model = net.load(reg.current().model_path)
     rng = np.random.default_rng(0)
     model.set_weights([w + rng.normal(0, 0.5 * (float(np.std(w, dtype=np.float64)) or 1), w.shape).astype(w.dtype) for w in model.get_weights()])
-    exported = runtime._export(model, tmp_path / "broken")  # a valid OpenVINO model with the wrong weights
+    exported = runtime.export(model, tmp_path / "broken")  # a valid OpenVINO model with the wrong weights
     for suffix in (".xml", ".bin"):
         shutil.copy2(exported["int8"].with_suffix(suffix), folder / f"model{suffix}")
     weights = folder / "model.bin"
