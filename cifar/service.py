@@ -463,8 +463,8 @@ class Service:
                     f"({self.batcher.images} images in {self.batcher.batches} calls so far; "
                     f"test-time views by queue depth: {self._levels_text(field['tta_levels'])})"
                     if self.batcher else "batching off (CIFAR_MAX_BATCH=1)")
-        text = (f"Current version **{field['version']}** ({field['precision']} on {field['cpu']}); "
-                f"up {field['uptime_s'] / 60:.1f} min; served by **{field['runtime']}**; "
+        text = (f"Current version **{field['version']}**, served by **{field['runtime']}**; "
+                f"{field['cpu']} (trains in {field['precision']}); up {field['uptime_s'] / 60:.1f} min; "
                 f"{batching}; retrain {field['retrain']}; Hub: {self.hub_status}.")
         if field["estimated_accuracy"] is None:
             text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
