@@ -59,3 +59,20 @@ def test_versions_and_push_work_on_a_fresh_home_and_keras_alone_loads_the_push(t
     local = predict.Predictor.load(shipped.model_path, tta_level=0).logits(x[:64])
     np.testing.assert_allclose(remote, local, atol=2e-2)
     assert (remote.argmax(1) == local.argmax(1)).mean() >= 0.98
+
+
+def test_convert_makes_the_checked_runtime_of_a_version_and_never_overwrites_it(tmp_path):
+    import shutil
+
+    from cifar import runtime
+
+    shipped = Registry(config.shipped_models_dir()).current()
+    folder = tmp_path / shipped.id
+    shutil.copytree(shipped.path, folder, ignore=shutil.ignore_patterns(runtime.FOLDER))
+    made = cli("convert", "--model", str(folder))
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert f"{shipped.id}: OpenVINO int8 (" in made.stdout and "int8: 9" in made.stdout
+    report = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
+    assert report["passed"] and report["precision"] == "int8" and report["agreement"] >= runtime.MIN_AGREEMENT
+    again = cli("convert", "--model", str(folder))
+    assert again.returncode != 0 and "versions are immutable" in again.stderr
