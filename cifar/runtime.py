@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu, tta
+from . import cpu, data, tta
+from .registry import write_json_atomic
 
 log = logging.getLogger("cifar")
 
@@ -69,7 +70,7 @@ def export(model, folder: Path) -> dict:
     import nncf
     import openvino
 
-    from . import data, model as net
+    from . import model as net
 
     float_xml = folder / "float" / "model.xml"
     float_xml.parent.mkdir(parents=True)
@@ -86,8 +87,6 @@ def export(model, folder: Path) -> dict:
 
 def check(network, keras_answers: np.ndarray, labels: np.ndarray, tta_level: int) -> dict:
     """Serve the held-out images through `network`; compare with Keras' answers and accuracy."""
-    from . import data
-
     x, _ = data.holdout()
     answers = tta.logits(network, x, tta_level).argmax(1)
     agreement = float((answers == keras_answers).mean())
@@ -103,8 +102,6 @@ def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray 
     """Convert `model` (Keras), check each precision, and keep the fastest that passes in
     `version_folder`/openvino. `keras_logits`: Keras' held-out logits at `tta_level` if the
     caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
-    from . import data
-
     version = available()
     if version is None:
         return {"runtime": "keras", "passed": False, "why": "OpenVINO is not installed (pip install openvino nncf)"}
@@ -170,20 +167,16 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
     level = keras_predictor.tta_level
     if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
         return network, summary
-    cached = Path(cache_dir) / f"runtime-check-{hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]}.json" \
-        if cache_dir else None
+    key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"runtime-check-{key}.json" if cache_dir else None
     if cached and cached.exists():
         result = json.loads(cached.read_text())
     else:
-        from . import data
-
         x, labels = data.holdout()
         answers = (np.array([int(c) for c in stored["keras_answers"]]) if stored.get("tta_level") == level
                    else keras_predictor.logits(x).argmax(1))
         result = check(network, answers, labels, level)
         if cached:
-            from .registry import write_json_atomic
-
             write_json_atomic(cached, result)
     status = {**summary, **result, "tta_level": level,
               "why": result["why"] if not result["passed"] else "checked again on this CPU"}
