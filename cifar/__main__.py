@@ -167,20 +167,18 @@ def cmd_bench_serving(args) -> None:
     print(f"CPU: {cpu.describe()}; Keras {keras.__version__} (TensorFlow), OpenVINO {runtime.available()}")
     x, y = data.load(args.data, "test")
     keras_model = net.load(version.model_path)
-    paths = {f"Keras, {cpu.precision()} (as the app chooses for this CPU)": None}
+    paths = {f"Keras, {cpu.precision()} (as the app chooses for this CPU)": (keras_model, None)}  # (model, network)
     if cpu.precision() != "float32":
-        paths["Keras, float32"] = net.to_float32(keras_model)
+        paths["Keras, float32"] = (net.to_float32(keras_model), None)
     print(f"| network path ({predict.tta.VIEWS[args.tta]} views an image) | 1 image, ms | images/s at batch 32 | "
           f"at batch 256 | top-1 on {len(x):,} test images | same answer as Keras |\n|---|---|---|---|---|---|")
     reference = None
     with tempfile.TemporaryDirectory() as work:
         exported = runtime.export(keras_model, Path(work))
         for precision in ("float", "int8"):
-            paths[f"OpenVINO {precision}"] = runtime.OpenVINONetwork(exported[precision], precision)
-        for name, network in paths.items():
-            model = keras_model if network is None or isinstance(network, runtime.OpenVINONetwork) else network
-            predictor = predict.Predictor(model, tta_level=args.tta,
-                                          network=network if isinstance(network, runtime.OpenVINONetwork) else None)
+            paths[f"OpenVINO {precision}"] = (keras_model, runtime.OpenVINONetwork(exported[precision], precision))
+        for name, (model, network) in paths.items():
+            predictor = predict.Predictor(model, tta_level=args.tta, network=network)
             predictor.warm_up()
             speed = predict.measure_serving(predictor, batch_sizes=(1, 32, 256), seconds=args.seconds)
             answers = predictor.logits(x).argmax(1)
@@ -191,7 +189,7 @@ def cmd_bench_serving(args) -> None:
             if name == "OpenVINO int8":
                 levels = {level: float((predictor.logits(x, level).argmax(1) == y).mean()) for level in (0, 1, 2)}
                 print("\nOpenVINO int8, top-1 by test-time level: " + ", ".join(
-                    f"{level} ({predict.tta.VIEWS[level]} view{'s' * (level > 0)}) {acc:.2%}"
+                    f"{level} ({predict.tta.NAMES[level]}) {acc:.2%}"
                     for level, acc in levels.items()))
 
 

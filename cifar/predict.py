@@ -7,14 +7,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import images, tta
+from . import images, runtime, tta
 from .learning import calibration, estimate
 from .learning.calibration import softmax
 
 log = logging.getLogger("cifar")
-
-TTA_LEVEL = tta.LEVEL
-tta_views = tta.views  # kept for callers of the old names
 
 
 class Predictor:
@@ -24,14 +21,14 @@ class Predictor:
     probabilities honest, and the reference the accuracy estimate and the monitor use; without
     one the probabilities are the network's raw softmax."""
 
-    def __init__(self, model: keras.Model, version: str = "", tta_level: int = TTA_LEVEL, batch_size: int = 256,
-                 calibration: dict | None = None, network=None, runtime: dict | bool | None = None):
+    def __init__(self, model: keras.Model, version: str = "", tta_level: int = tta.LEVEL, batch_size: int = 256,
+                 calibration: dict | None = None, network=None, runtime: dict | None = None):
         self.model, self.version, self.tta_level, self.batch_size = model, version, tta_level, batch_size
         self.calibration = calibration or {}
         self.temperature = float(self.calibration.get("temperature", 1.0))
         # What runs the network: a checked OpenVINO model, or Keras (and why, for Monitoring).
         self.network = network or self._keras_network
-        self.runtime = runtime if isinstance(runtime, dict) else {"runtime": "keras", "why": "Keras model in memory"}
+        self.runtime = runtime or {"runtime": "keras", "why": "Keras model in memory"}
         self._lock = threading.Lock()
 
     @classmethod
@@ -41,11 +38,9 @@ class Predictor:
         return cls(net.load(path), version, **kwargs)
 
     @classmethod
-    def for_version(cls, version, tta_level: int = TTA_LEVEL, cache_dir=None) -> "Predictor":
+    def for_version(cls, version, tta_level: int = tta.LEVEL, cache_dir=None) -> "Predictor":
         """A registry version with its calibration (fitted now if it never was), served by its
         OpenVINO model when that passed its check (made now, into the cache, if it has none)."""
-        from . import runtime
-
         predictor = cls.load(version.model_path, version=version.id, tta_level=tta_level)
         predictor.calibration = calibration.for_version(version, tta_level, cache_dir, predictor)
         predictor.temperature = float(predictor.calibration["temperature"])
@@ -60,8 +55,6 @@ class Predictor:
     def use_runtime(self, folder, cache_dir=None) -> None:
         """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
         otherwise keep Keras, with the reason in `runtime` (and the log)."""
-        from . import runtime
-
         network, self.runtime = runtime.load(folder, self, cache_dir)
         if network is not None:
             self.network = network

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, cpu, data, evaluate, images, runtime, train
+from . import CLASSES, config, cpu, data, evaluate, images, runtime, train, tta
 from .learning import calibration, retrain as learning_retrain
 from .learning import review
 from .learning.review import ReviewQueue
@@ -480,8 +480,7 @@ class Service:
 
     @staticmethod
     def _levels_text(levels: dict) -> str:
-        names = {"2": "6 views", "1": "flip only", "0": "image alone"}
-        return ", ".join(f"{names.get(level, level)} {count:,}" for level, count in sorted(levels.items(), reverse=True))
+        return ", ".join(f"{tta.NAMES[int(level)]} {count:,}" for level, count in sorted(levels.items(), reverse=True))
 
     def training_distribution(self, version) -> dict[str, int]:
         meta = version.metadata

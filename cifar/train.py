@@ -110,8 +110,9 @@ class TimeBox(keras.callbacks.Callback):
 
     def __init__(self, total_steps: int, budget_s: float | None, peak_lr: float):
         super().__init__()
-        self.total, self.budget, self.peak = total_steps, budget_s, peak_lr
-        self.start, self.peak_at, self.end = net.HYP["schedule"]
+        self.total, self.budget = total_steps, budget_s
+        # The recipe's triangle with progress (0..1) for the step: one formula for both paths.
+        self.schedule = net.TriangleSchedule(peak_lr, 1, *net.HYP["schedule"])
         self.steps, self.started, self.done = 0, None, False
 
     def progress(self) -> float:
@@ -121,9 +122,7 @@ class TimeBox(keras.callbacks.Callback):
         return max(by_steps, (time.time() - self.started) / self.budget)
 
     def learning_rate(self, t: float) -> float:
-        if t < self.peak_at:
-            return self.peak * (self.start + (1 - self.start) * t / self.peak_at)
-        return self.peak * max(1 + (self.end - 1) * (t - self.peak_at) / (1 - self.peak_at), self.end)
+        return float(self.schedule(t))
 
     def on_train_begin(self, logs=None):
         if self.started is None:  # fit() calls Keras once an epoch: the clock starts once, tracing included
@@ -173,23 +172,23 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, *, seed: 
     flip_mask = rng.random(len(x)) < 0.5
     history: dict[str, list] = {}
     val = (validation[0], one_hot(validation[1])) if validation is not None else None
-    averaging = [Lookahead(total_steps)] if lookahead else [timebox]
+    recipe_callbacks = [Lookahead(total_steps)] if lookahead else [timebox]
     started = time.time()
     for epoch in range(epochs):
         augmented = random_translate(alternating_flip(x, epoch, flip_mask), net.HYP["translate"], rng)
         callback = _ProgressCallback(total_steps, epoch * steps_per_epoch, report, started, epoch, epochs, timebox)
         h = model.fit(augmented, targets, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                      shuffle=True, validation_data=val, callbacks=[callback, *averaging], verbose=verbose)
+                      shuffle=True, validation_data=val, callbacks=[callback, *recipe_callbacks], verbose=verbose)
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("seconds", []).append(round(time.time() - started, 1))
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs} done in {time.time() - started:.0f}s total "
+                  f"({', '.join(f'{k}={v[-1]:.4f}' for k, v in history.items() if k != 'seconds')})", flush=True)
         if timebox and timebox.done:
             break
     if timebox:
         history["steps"] = [timebox.steps, total_steps]  # steps run of those planned
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs} done in {time.time() - started:.0f}s total "
-                  f"({', '.join(f'{k}={v[-1]:.4f}' for k, v in history.items() if k != 'seconds')})", flush=True)
     if not lookahead:
         model.optimizer.finalize_variable_values(model.trainable_variables)
         refresh_batchnorm(model, x)

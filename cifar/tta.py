@@ -8,6 +8,7 @@ import numpy as np
 LEVEL = 2
 LEVELS = (0, 1, 2)
 VIEWS = {0: 1, 1: 2, 2: 6}  # network passes per image at each level
+NAMES = {0: "image alone", 1: "flip only", 2: "6 views"}
 
 
 def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -41,8 +41,6 @@ def training_budget(elapsed: float, seconds_per_view: float, uploads: int, views
     left after the time spent so far and the work still to come after training (judging on the
     held-out images, the accuracy estimates, the runtime's conversion and check), priced at the
     Keras time per view measured while pseudo-labelling on this machine."""
-    from .. import train
-
     # In views' worth (measured on AMX: 47 s after training at 2 ms a view, pseudo-labels 12 s):
     # Keras on the held-out images, the runtime's check, two adapted passes over the uploads.
     after_training = seconds_per_view * (2000 * views * 1.2 + 2 * (uploads + 2000)) + 10
