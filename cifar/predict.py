@@ -81,12 +81,13 @@ class Predictor:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
         return softmax(self.logits(x, level), self.temperature)
 
-    def estimate_accuracy(self, probabilities: np.ndarray, x: np.ndarray | None = None) -> float | None:
+    def estimate_accuracy(self, probabilities: np.ndarray, x: np.ndarray | None = None, adapted=None) -> float | None:
         """Expected accuracy on unlabeled images from their served `probabilities` (None without a
-        calibration); given the images `x` too, checked against a copy adapted to them."""
+        calibration); given the images `x` too, checked against a copy adapted to them
+        (`adapted`: that copy, if the caller already made it)."""
         if "atc_threshold" not in self.calibration or not len(probabilities):
             return None
-        adapted = estimate.adapted_view(self.model, x, self.temperature) if x is not None else None
+        adapted = estimate.adapted_view(self.model, x, self.temperature, adapted) if x is not None else None
         return estimate.estimate_accuracy(probabilities, self.calibration["atc_threshold"], adapted)
 
     def predict_images(self, sources) -> np.ndarray:

@@ -136,6 +136,18 @@ def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray 
     return report
 
 
+def keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
+    """Keras' answers on the held-out images at `tta_level`, as stored by `build`, or None."""
+    try:
+        stored = json.loads((Path(version_folder) / FOLDER / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return None
+    answers = stored.get("keras_answers", "")
+    if stored.get("tta_level") != tta_level or len(answers) != len(data.holdout()[1]):
+        return None
+    return np.array([int(c) for c in answers])
+
+
 def describe(status: dict) -> str:
     """One line for the log and Monitoring."""
     if status.get("runtime") == "openvino" and status.get("passed"):
@@ -176,8 +188,8 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
         result = json.loads(cached.read_text())
     else:
         x, labels = data.holdout()
-        answers = (np.array([int(c) for c in stored["keras_answers"]]) if stored.get("tta_level") == level
-                   else keras_predictor.logits(x).argmax(1))
+        answers = keras_answers(folder, level)
+        answers = answers if answers is not None else keras_predictor.logits(x).argmax(1)
         result = check(network, x, labels, answers, level)
         if cached:
             write_json_atomic(cached, result)

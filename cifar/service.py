@@ -298,12 +298,16 @@ class Service:
 
     # --- retraining ----------------------------------------------------------------------
     def holdout_accuracy(self, version_id: str, predictor: Predictor | None = None) -> dict:
-        """Metrics of a version on the shipped held-out images, cached per version."""
+        """Keras' metrics of a version on the shipped held-out images (as a retrain's judge measures
+        the new version): from the answers its runtime check stored, else measured; cached."""
         cached = config.cache_dir() / f"holdout-{version_id}.json"
         if cached.exists():
             return json.loads(cached.read_text())
         x, y = data.holdout()
-        metrics = evaluate.evaluate(predictor or self._load(version_id), x, y)
+        level = predictor.tta_level if predictor else config.tta_level()
+        answers = runtime.keras_answers(self.registry.get(version_id).path, level)
+        metrics = (evaluate.compute_metrics(y, answers) if answers is not None
+                   else evaluate.evaluate(predictor or self._load(version_id), x, y))
         write_json_atomic(cached, metrics)
         return metrics
 

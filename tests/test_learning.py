@@ -111,3 +111,16 @@ def test_monitor_alerts_when_the_field_estimate_drops():
     assert field["predictions"] == 100 and field["estimated_accuracy"] == 0.0 and field["alert"]
     monitor.reset_window()
     assert monitor.field(reference, prior)["estimated_accuracy"] is None
+
+
+def test_the_training_budget_leaves_room_for_the_work_after_training():
+    """The retrain prices what follows training at this machine's measured Keras speed: a fast
+    CPU keeps most of the 3 minutes for training, a slow one less, never under the minimum."""
+    from cifar import train
+    from cifar.learning import retrain
+
+    fast = retrain.training_budget(12, 1 / 1000, 1 / 700, uploads=1000, views=6)   # AMX-like
+    slow = retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6)    # AVX-512 float32-like
+    slowest = retrain.training_budget(60, 1 / 150, 1 / 100, uploads=1000, views=6)
+    assert fast > slow > slowest == train.RETRAIN["min_train_seconds"]
+    assert 12 + fast + 30 < train.RETRAIN["seconds"]  # the judging, check and estimates still fit

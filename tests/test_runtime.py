@@ -59,6 +59,10 @@ def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
     x, _ = data.holdout()
     agree = (served.logits(x[::10]).argmax(1) == keras_only.logits(x[::10]).argmax(1)).mean()
     assert agree >= 0.97  # 200 images: the check's 98.5% on 2,000 less sampling slack
+    # The Keras answers the check stored are Keras' own (a retrain's "before" is scored from them).
+    stored = runtime.keras_answers(version.path, served.tta_level)
+    assert (stored[::10] == keras_only.logits(x[::10]).argmax(1)).mean() >= 0.99
+    assert runtime.keras_answers(version.path, tta_level=0) is None  # stored at another level: not used
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # NNCF's statistics of the wrecked net

@@ -46,13 +46,14 @@ def estimate_accuracy(probabilities: np.ndarray, threshold: float, adapted: np.n
     return min(atc, agreement)
 
 
-def adapted_view(model, x: np.ndarray, temperature: float) -> np.ndarray | None:
+def adapted_view(model, x: np.ndarray, temperature: float, adapted=None) -> np.ndarray | None:
     """The second opinion: probabilities of a copy of `model` (a Keras model or a saved one's
-    path) whose BatchNorm statistics are re-estimated on `x`; None under 200 images, too few to
-    re-estimate them. One view a image (no test-time augmentation): 6x cheaper, as accurate here."""
-    from ..train import RETRAIN
-    from .pseudo_labels import upload_probabilities
+    path) whose BatchNorm statistics are re-estimated on `x` (`adapted`: that copy, if the caller
+    has made it); None under 200 images, too few to re-estimate them. One view a image (no
+    test-time augmentation): 6x cheaper, as accurate here."""
+    from .pseudo_labels import adapted_copy, upload_probabilities
 
-    if len(x) < RETRAIN["adapt_min"]:
+    adapted = adapted if adapted is not None else adapted_copy(model, x)
+    if adapted is None:
         return None
-    return upload_probabilities(model, x, tta_level=0, temperature=temperature)
+    return upload_probabilities(model, x, tta_level=0, temperature=temperature, adapted=adapted)

@@ -1,4 +1,6 @@
 """Labels for unlabeled uploads: from a copy of the model adapted to them, with a junk guard."""
+from pathlib import Path
+
 import numpy as np
 
 from ..train import RETRAIN, refresh_batchnorm
@@ -22,24 +24,36 @@ def pseudo_labels(probabilities: np.ndarray, threshold: float, min_fraction: flo
     return labels, keep
 
 
-def upload_probabilities(model, x: np.ndarray, tta_level: int, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of unlabeled uploads from a copy of the model whose BatchNorm
-    statistics are re-estimated on the uploads themselves (AdaBN), when there are enough of
-    them. Under a shift (noise, blur, haze...) the stored statistics no longer fit the
-    activations; refreshing them alone recovers much of the accuracy, so the pseudo-labels
-    taught to the new version are more often right. `temperature`: the version's calibration,
-    so the threshold reads as a probability of being right. `model`: a saved model's path, or a
-    Keras model (copied: the original keeps its statistics)."""
+def adapted_copy(model, x: np.ndarray):
+    """A copy of `model` (a Keras model, or a saved model's path) whose BatchNorm statistics are
+    re-estimated on the images `x` themselves (AdaBN), or None under RETRAIN["adapt_min"] images,
+    too few to estimate them. Under a shift (noise, blur, haze...) the stored statistics no longer
+    fit the activations; refreshing them alone recovers much of the accuracy. The original keeps
+    its statistics."""
     import keras
 
     from ..predict import Predictor
 
+    if len(x) < RETRAIN["adapt_min"]:
+        return None
     if isinstance(model, keras.Model):
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
-        model = copy
     else:
-        model = Predictor.load(model).model
-    if len(x) >= RETRAIN["adapt_min"]:
-        refresh_batchnorm(model, x, batches=8, batch_size=min(500, len(x)))
-    return Predictor(model, tta_level=tta_level, calibration={"temperature": temperature}).predict_arrays(x)
+        copy = Predictor.load(model).model
+    refresh_batchnorm(copy, x, batch_size=min(500, len(x)))
+    return copy
+
+
+def upload_probabilities(model, x: np.ndarray, tta_level: int, temperature: float = 1.0, adapted=None) -> np.ndarray:
+    """Class probabilities of unlabeled uploads from a copy of the model adapted to them
+    (`adapted_copy`; `adapted`: one already made on these images), so the pseudo-labels taught
+    to the new version are more often right; the plain model under RETRAIN["adapt_min"] images.
+    `temperature`: the version's calibration, so the threshold reads as a probability of being
+    right. `model`: a saved model's path, or a Keras model."""
+    from ..predict import Predictor
+
+    network = adapted if adapted is not None else adapted_copy(model, x)
+    if network is None:
+        network = model if not isinstance(model, (str, Path)) else Predictor.load(model).model
+    return Predictor(network, tta_level=tta_level, calibration={"temperature": temperature}).predict_arrays(x)

@@ -4,18 +4,22 @@ The caller (cifar.service) owns the locks, the swap of the serving predictor and
 this module only turns (current version, uploads) into a saved new version and a verdict.
 """
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES, data, evaluate, train, tta, versions
+from .. import CLASSES, data, evaluate, runtime, train, tta, versions
 from ..predict import Predictor
 from . import calibration
-from .pseudo_labels import pseudo_labels, upload_probabilities
+from .pseudo_labels import adapted_copy, pseudo_labels, upload_probabilities
 
 log = logging.getLogger("cifar")
 
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
+MEASURE_MIN_UPLOADS = 200   # unlabeled uploads enough to time this machine's Keras by
+SLOW_SECONDS_PER_VIEW = 1 / 150  # else priced as the issue's AVX2 EPYC (Keras float32, 6 views at batch 32)
 PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
                   "point below the current one on 2,000 held-out test images.")
 
@@ -36,14 +40,23 @@ def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
     return metrics, fitted, logits
 
 
-def training_budget(elapsed: float, seconds_per_view: float, uploads: int, views: int) -> float:
+# Work after training, for the budget: OpenVINO int8 costs at most half a Keras view (0.27 on
+# AMX, 0.52 with oneDNN capped at AVX-512; the issue's AVX2 EPYC 0.38); fixed costs (export,
+# quantization, loading, saving) about 10 s.
+RUNTIME_VIEW_COST, FIXED_SECONDS = 0.5, 10.0
+
+
+def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh_image: float, uploads: int,
+                    views: int) -> float:
     """Seconds the training may take so the whole retrain ends within RETRAIN["seconds"]: what is
-    left after the time spent so far and the work still to come after training (judging on the
-    held-out images, the accuracy estimates, the runtime's conversion and check), priced at the
-    Keras time per view measured while pseudo-labelling on this machine."""
-    # In views' worth (measured on AMX: 47 s after training at 2 ms a view, pseudo-labels 12 s):
-    # Keras on the held-out images, the runtime's check, two adapted passes over the uploads.
-    after_training = seconds_per_view * (2000 * views * 1.2 + 2 * (uploads + 2000)) + 10
+    left after the time spent so far and the work still to come (the final BatchNorm refresh,
+    judging on the held-out images, the runtime's conversion and check, the estimates on the
+    uploads), priced at the Keras speeds measured while pseudo-labelling on this machine."""
+    keras_views = 2000 * views + uploads                                # judge; the adapted copy's view
+    runtime_views = 2000 * views + 2 * uploads * views                  # the check; before and after
+    refresh_images = 2 * train.REFRESH_BATCHES * 500                    # the new version's; its adapted copy's
+    after_training = (seconds_per_view * (keras_views + RUNTIME_VIEW_COST * runtime_views)
+                      + seconds_per_refresh_image * refresh_images + FIXED_SECONDS)
     return max(train.RETRAIN["min_train_seconds"], train.RETRAIN["seconds"] - elapsed - after_training)
 
 
@@ -66,10 +79,21 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     report(0.02, "pseudo-labelling unlabeled uploads")
     unlabeled = y_up < 0
     phases = {}
-    probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature)
-                     if unlabeled.any() else np.zeros((0, 10)))
+    # One copy of the current model adapted to the uploads: it pseudo-labels them, and gives the
+    # "before" estimate its second opinion.
+    mark = time.time()
+    adapted_parent = adapted_copy(parent.model_path, x_up)
+    refreshed = time.time()
+    probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature,
+                                          adapted=adapted_parent) if unlabeled.any() else np.zeros((0, 10)))
     phases["pseudo-labels"] = time.time() - started
-    seconds_per_view = phases["pseudo-labels"] / max(1, int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
+    # This machine's Keras speed, for the training budget; without enough unlabeled uploads to
+    # measure it, priced as a slow CPU would be (AVX2, float32).
+    measured = adapted_parent is not None and unlabeled.sum() >= MEASURE_MIN_UPLOADS
+    seconds_per_view = ((time.time() - refreshed) / (int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
+                        if measured else SLOW_SECONDS_PER_VIEW)
+    seconds_per_refresh_image = ((refreshed - mark) / (train.REFRESH_BATCHES * min(500, len(x_up)))
+                                 if measured else 1.5 * SLOW_SECONDS_PER_VIEW)
     guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
                                        train.RETRAIN["min_recognised"])
     labels = y_up.copy()
@@ -90,9 +114,8 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
-    # No unlabeled uploads measured the machine: price a view as a slow CPU would (AVX2, float32).
-    budget = training_budget(time.time() - started, seconds_per_view if unlabeled.sum() >= 200 else 1 / 150,
-                             len(x_up), tta.VIEWS[serving.tta_level])
+    budget = training_budget(time.time() - started, seconds_per_view, seconds_per_refresh_image, len(x_up),
+                             tta.VIEWS[serving.tta_level])
     result = train.finetune(parent.model_path, x_train, y_train, epochs, time_budget_s=budget,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
     phases["training"] = result.seconds
@@ -102,26 +125,31 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     after, fitted, holdout_logits = judge(candidate)
     phases["judging"], mark = time.time() - mark, time.time()
     candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
-    report(0.9, "estimating accuracy on the uploads, before and after")
-    estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up)
-    estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up), x_up)
-    phases["estimates"], mark = time.time() - mark, time.time()
-    metadata = {
-        "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
-        "train_count": int(len(x_train)),
-        "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
-        "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()), "uploads_reviewed": int(reviewed.sum()),
-        "train_budget_seconds": round(budget, 1), "train_steps": result.history.get("steps"),
-        "pseudo_threshold": threshold, "pseudo_candidates": int(unlabeled.sum()),
-        "pseudo_used": int(confident.sum()), "replay_count": int(len(x_replay)),
-        "eval_data": data.HOLDOUT_NAME, "eval_count": after["count"],
-        "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
-    }
-    log.info("retrain trained in %.0f s; saving the new version", result.seconds)
-    report(0.93, "converting the new version for the serving runtime and checking it")
-    version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
-                                          calibration=fitted, holdout_logits=holdout_logits)
-    phases["saving and conversion"] = time.time() - mark
+    report(0.86, "converting the new version for the serving runtime and checking it")
+    with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
+        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits)
+        candidate.use_runtime(staging)  # the estimates go through what will serve
+        phases["conversion"], mark = time.time() - mark, time.time()
+        report(0.9, "estimating accuracy on the uploads, before and after")
+        estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up, adapted_parent)
+        estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up), x_up)
+        phases["estimates"], mark = time.time() - mark, time.time()
+        metadata = {
+            "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+            "train_count": int(len(x_train)),
+            "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
+            "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
+            "uploads_reviewed": int(reviewed.sum()), "train_budget_seconds": round(budget, 1),
+            "train_steps": result.history.get("steps"), "pseudo_threshold": threshold,
+            "pseudo_candidates": int(unlabeled.sum()), "pseudo_used": int(confident.sum()),
+            "replay_count": int(len(x_replay)), "eval_data": data.HOLDOUT_NAME, "eval_count": after["count"],
+            "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
+        }
+        log.info("retrain trained in %.0f s; saving the new version", result.seconds)
+        report(0.93, "saving the new version")
+        version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
+                                              calibration=fitted, built_runtime=Path(staging))
+        phases["saving"] = time.time() - mark
     candidate.version = version.id
     candidate.use_runtime(version.path)  # if promoted, it serves through its checked OpenVINO model
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
