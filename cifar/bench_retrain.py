@@ -164,7 +164,7 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_
             report(f"{shift} ({row['labels']}): shifted {row['shifted_before']:.4f} -> {row['shifted_after']:.4f}, "
                    f"clean {row['clean_before']:.4f} -> {row['clean_after']:.4f}, pseudo {row['pseudo_coverage']:.0%} "
                    f"covered at {row['pseudo_accuracy'] or 0:.1%}, {seconds:.0f} s ({row['phases']}, steps "
-                   f"{row['train_steps']}), promoted {row['promoted']}")
+                   f"{row['train_steps']}, served by {row['runtime']}), promoted {row['promoted']}")
     write_report(rows, out)
     return rows
 
@@ -215,7 +215,7 @@ def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, varia
     return {"predictor": retrained, "pseudo_coverage": float(confident.mean()),
             "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
             "reviewed": len(chosen), "retrain_seconds": round(seconds, 1), "promoted": result["promoted"],
-            "phases": result.get("phases"), "train_steps": result.get("train_steps")}
+            "phases": result.get("phases"), "train_steps": result.get("train_steps"), "runtime": result.get("runtime")}
 
 
 def write_report(rows: list[dict], out: Path) -> None:

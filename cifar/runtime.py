@@ -44,8 +44,9 @@ def available() -> str | None:
 
 
 def _cpu_key() -> str:
+    """What the check's answers depend on: the CPU, its flags and the precision chosen for it."""
     info = cpu.info()
-    return f"{info['model']} [{' '.join(info['flags'])}]"
+    return f"{info['model']} [{' '.join(info['flags'])}] {cpu.precision()}"
 
 
 def _hashes(folder: Path) -> dict:
@@ -60,14 +61,17 @@ class OpenVINONetwork:
         import openvino
 
         self.precision = precision
-        self.compiled = openvino.Core().compile_model(str(xml_path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        settings = {"PERFORMANCE_HINT": "LATENCY"}
+        if cpu.precision() == "float32":  # OpenVINO would pick bf16 wherever the CPU lists it; CIFAR_PRECISION rules
+            settings["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = openvino.Core().compile_model(str(xml_path), "CPU", settings)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.compiled(x)[0], dtype=np.float32)
 
 
-def export(model, folder: Path) -> dict:
-    """Float and int8 OpenVINO models of a Keras `model`, written in `folder`: {precision: xml}."""
+def export(model, folder: Path, precisions=PRECISIONS) -> dict:
+    """OpenVINO models of a Keras `model` in `precisions` (float, int8), written in `folder`: {precision: xml}."""
     import keras
     import nncf
     import openvino
@@ -78,6 +82,8 @@ def export(model, folder: Path) -> dict:
     float_xml.parent.mkdir(parents=True)
     net.to_float32(model).export(str(float_xml), format="openvino", verbose=False,
                                  input_signature=[keras.InputSpec(shape=(None, 32, 32, 3), dtype="float32")])
+    if "int8" not in precisions:
+        return {"float": float_xml}
     x_train, _ = data.replay(QUANTIZATION_IMAGES, seed=0)
     samples = nncf.Dataset([x_train[i:i + 1].astype(np.float32) for i in range(len(x_train))])
     quantized = nncf.quantize(openvino.Core().read_model(str(float_xml)), samples, subset_size=len(x_train))
@@ -99,26 +105,26 @@ def check(network, x: np.ndarray, labels: np.ndarray, keras_answers: np.ndarray,
             "count": int(len(labels)), "passed": passed, "why": why}
 
 
-def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray | None = None) -> dict:
-    """Convert `model` (Keras), check each precision, and keep the fastest that passes in
-    `version_folder`/openvino. `keras_logits`: Keras' held-out logits at `tta_level` if the
-    caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
+def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray | None = None,
+          precisions=PRECISIONS) -> dict:
+    """Convert `model` (Keras), check each of `precisions`, and keep the fastest that passes in
+    `version_folder`/openvino. `keras_answers`: Keras' on the held-out images at `tta_level` if
+    the caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
     version = available()
     if version is None:
         return dict(NOT_INSTALLED)
     x, labels = data.holdout()
-    if keras_logits is None:
+    if keras_answers is None:
         from .predict import Predictor
 
-        keras_logits = Predictor(model, tta_level=tta_level).logits(x)
-    keras_answers = keras_logits.argmax(1)
+        keras_answers = Predictor(model, tta_level=tta_level).logits(x).argmax(1)
     report = {"runtime": "openvino", "openvino": version, "tta_level": tta_level, "checked_on": data.HOLDOUT_NAME,
               "cpu": _cpu_key(), "keras_answers": "".join(map(str, keras_answers.tolist())), "tried": {}}
     target = Path(version_folder) / FOLDER
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        exported = export(model, Path(work))
-        for precision in PRECISIONS:
+        exported = export(model, Path(work), precisions)
+        for precision in precisions:
             xml = exported[precision]
             result = check(OpenVINONetwork(xml, precision), x, labels, keras_answers, tta_level)
             report["tried"][precision] = result
@@ -136,7 +142,7 @@ def build(model, version_folder: Path, tta_level: int, keras_logits: np.ndarray 
     return report
 
 
-def keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
+def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
     """Keras' answers on the held-out images at `tta_level`, as stored by `build`, or None."""
     try:
         stored = json.loads((Path(version_folder) / FOLDER / "runtime.json").read_text())
@@ -152,7 +158,8 @@ def describe(status: dict) -> str:
     """One line for the log and Monitoring."""
     if status.get("runtime") == "openvino" and status.get("passed"):
         return (f"OpenVINO {status['precision']} ({status['agreement']:.2%} same answers as Keras on "
-                f"{status['count']:,} held-out images, accuracy {status['accuracy']:.2%} vs {status['keras_accuracy']:.2%})")
+                f"{status['count']:,} held-out images, accuracy {status['accuracy']:.2%} vs {status['keras_accuracy']:.2%})"
+                + (f"; {status['replaced']}" if status.get("replaced") else ""))
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
@@ -184,18 +191,34 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
         return network, summary
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"runtime-check-{key}.json" if cache_dir else None
+    x, labels = data.holdout()
+    answers = stored_keras_answers(folder, level)
+    if answers is None and not (cached and cached.exists()):
+        answers = keras_predictor.logits(x).argmax(1)
     if cached and cached.exists():
         result = json.loads(cached.read_text())
     else:
-        x, labels = data.holdout()
-        answers = keras_answers(folder, level)
-        answers = answers if answers is not None else keras_predictor.logits(x).argmax(1)
         result = check(network, x, labels, answers, level)
         if cached:
             write_json_atomic(cached, result)
     status = {**summary, **result, "tta_level": level,
               "why": result["why"] if not result["passed"] else "checked again on this CPU"}
-    if not result["passed"]:
-        return None, {**status, "runtime": "keras",
-                      "why": f"the OpenVINO {stored['precision']} model failed its check on this machine: {result['why']}"}
-    return network, status
+    if result["passed"]:
+        return network, status
+    failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {result['why']}"
+    if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
+        return _float_made_here(keras_predictor, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed)
+    return None, {**status, "runtime": "keras", "why": failed}
+
+
+def _float_made_here(keras_predictor, folder: Path, level: int, answers, failed: str):
+    """When the version's own OpenVINO model fails its check on this CPU: a float one made from
+    the Keras model, checked like any other (made once, kept in the cache)."""
+    if not (folder / FOLDER / "runtime.json").exists():
+        if answers is None:
+            answers = keras_predictor.logits(data.holdout()[0]).argmax(1)
+        build(keras_predictor.model, folder, level, answers, precisions=("float",))
+    network, status = load(folder, keras_predictor)
+    if network is None:
+        return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}
+    return network, {**status, "replaced": failed}

@@ -305,7 +305,7 @@ class Service:
             return json.loads(cached.read_text())
         x, y = data.holdout()
         level = predictor.tta_level if predictor else config.tta_level()
-        answers = runtime.keras_answers(self.registry.get(version_id).path, level)
+        answers = runtime.stored_keras_answers(self.registry.get(version_id).path, level)
         metrics = (evaluate.compute_metrics(y, answers) if answers is not None
                    else evaluate.evaluate(predictor or self._load(version_id), x, y))
         write_json_atomic(cached, metrics)

@@ -31,13 +31,12 @@ def machine() -> str:
 
 
 def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict, metrics: dict,
-                       history: dict, calibration: dict | None = None, holdout_logits=None,
+                       history: dict, calibration: dict | None = None,
                        built_runtime: Path | None = None) -> registry.Version:
     """Write model.keras, metadata.json (with file size), metrics.json, history.json,
     calibration.json (cifar.learning.calibration.fit), the card, and the serving runtime's
-    checked OpenVINO model (cifar.runtime; `holdout_logits`: Keras' on the held-out images,
-    if the caller has them; `built_runtime`: a folder where runtime.build already made it for
-    this model, copied instead of made again)."""
+    checked OpenVINO model (cifar.runtime; `built_runtime`: a folder where runtime.build already
+    made it for this model, copied instead of made again)."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
                 "command": shell_command(), "libraries": library_versions(), "machine": machine(),
@@ -55,7 +54,7 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
             shutil.copytree(Path(built_runtime) / runtime.FOLDER, folder / runtime.FOLDER)
             status = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
         else:
-            status = runtime.build(serving_model, folder, metrics.get("tta_level", config.tta_level()), holdout_logits)
+            status = runtime.build(serving_model, folder, metrics.get("tta_level", config.tta_level()))
         metadata["runtime"] = {k: v for k, v in status.items() if k != "keras_answers"}
         metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
         for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history),

@@ -60,13 +60,16 @@ def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
     agree = (served.logits(x[::10]).argmax(1) == keras_only.logits(x[::10]).argmax(1)).mean()
     assert agree >= 0.97  # 200 images: the check's 98.5% on 2,000 less sampling slack
     # The Keras answers the check stored are Keras' own (a retrain's "before" is scored from them).
-    stored = runtime.keras_answers(version.path, served.tta_level)
+    stored = runtime.stored_keras_answers(version.path, served.tta_level)
     assert (stored[::10] == keras_only.logits(x[::10]).argmax(1)).mean() >= 0.99
-    assert runtime.keras_answers(version.path, tta_level=0) is None  # stored at another level: not used
+    assert runtime.stored_keras_answers(version.path, tta_level=0) is None  # stored at another level: not used
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # NNCF's statistics of the wrecked net
-def test_a_broken_artifact_is_caught_and_keras_serves_with_the_reason_shown(tmp_path, monkeypatch):
+def test_a_broken_artifact_is_caught_and_replaced_with_the_reason_shown(tmp_path, monkeypatch):
+    """A version's int8 model that gives wrong answers on this machine (here: wrong weights; in the
+    field: int8 kernels that differ between CPUs) fails its check at start: a float model made
+    from Keras serves instead, and Monitoring says why. Without a cache to make one in, Keras."""
     home = tmp_path / "home"
     monkeypatch.setenv("CIFAR_HOME", str(home))
     reg = registry.Registry(config.registry_dir())
@@ -84,14 +87,18 @@ def test_a_broken_artifact_is_caught_and_keras_serves_with_the_reason_shown(tmp_
     from cifar.service import Service
 
     service = Service()
-    assert not isinstance(service.predictor.network, runtime.OpenVINONetwork)
+    served = service.predictor.network
+    assert isinstance(served, runtime.OpenVINONetwork) and served.precision == "float"
     text, _, field = service.monitoring_view()
-    assert "failed its check on this machine" in field["runtime"] and "served by **Keras:" in text
+    assert "served by **OpenVINO float" in text
+    assert "int8 model failed its check on this machine" in field["runtime"]
     x, y = data.holdout()
-    assert (service.predictor.predict_arrays(x[:200]).argmax(1) == y[:200]).mean() > 0.85  # Keras still right
+    assert (service.predictor.predict_arrays(x[:200]).argmax(1) == y[:200]).mean() > 0.85  # right answers again
     cached = list(config.cache_dir().glob("runtime-check-*.json"))
     assert len(cached) == 1 and not json.loads(cached[0].read_text())["passed"]
 
+    network, status = runtime.load(reg.current().path, service.predictor)  # nowhere to make a float model
+    assert network is None and status["runtime"] == "keras" and "failed its check" in status["why"]
     weights.unlink()  # a missing file: loads nothing, Keras serves
     network, status = runtime.load(reg.current().path, service.predictor, config.cache_dir())
     assert network is None and "could not be loaded" in status["why"]

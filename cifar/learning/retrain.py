@@ -127,7 +127,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
     report(0.86, "converting the new version for the serving runtime and checking it")
     with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
-        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits)
+        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1))
         candidate.use_runtime(staging)  # the estimates go through what will serve
         phases["conversion"], mark = time.time() - mark, time.time()
         report(0.9, "estimating accuracy on the uploads, before and after")
@@ -166,4 +166,4 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
             "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
             "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1),
             "phases": {k: round(v, 1) for k, v in phases.items()}, "train_budget_seconds": round(budget, 1),
-            "train_steps": result.history.get("steps")}, candidate
+            "train_steps": result.history.get("steps"), "runtime": runtime.describe(candidate.runtime)}, candidate
