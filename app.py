@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from cifar import CLASSES, config, train
+from cifar import CLASSES, config, gradio_sessions, train
 from cifar.learning.retrain import PROMOTION_RULE
 from cifar.service import Service, UserError
 from cifar.uploads import NOT_A_CLASS
@@ -363,9 +363,10 @@ def main() -> None:
     service = Service()
     demo = build(service)
     demo.queue(default_concurrency_limit=4)
-    # Every API call is a new Gradio session whose state (a copy of the UI config) is kept up to
-    # state_session_capacity; 10,000 of them grew the app by ~900 MB in a 10-minute soak. The app
-    # keeps no per-session state, so a few hundred recent sessions are plenty.
+    gradio_sessions.install()  # a new session no longer builds every component's config up front
+    # Every API call is a new Gradio session whose state is kept up to state_session_capacity;
+    # 10,000 of them grew the app by ~900 MB in a 10-minute soak. The app keeps no per-session
+    # state, so a few hundred recent sessions are plenty.
     launch = dict(server_name=args.host, server_port=args.port, show_error=True, max_file_size="100mb",
                   state_session_capacity=300,
                   allowed_paths=[str(ASSETS), str(config.plots_dir())],
