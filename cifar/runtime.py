@@ -148,8 +148,13 @@ def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | N
         stored = json.loads((Path(version_folder) / FOLDER / "runtime.json").read_text())
     except (OSError, ValueError):
         return None
+    return _answers_in(stored, tta_level, len(data.holdout()[1]))
+
+
+def _answers_in(stored: dict, tta_level: int, count: int) -> np.ndarray | None:
+    """The Keras answers in a runtime.json's content, if stored at `tta_level` for `count` images."""
     answers = stored.get("keras_answers", "")
-    if stored.get("tta_level") != tta_level or len(answers) != len(data.holdout()[1]):
+    if stored.get("tta_level") != tta_level or len(answers) != count:
         return None
     return np.array([int(c) for c in answers])
 
@@ -192,7 +197,7 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"runtime-check-{key}.json" if cache_dir else None
     x, labels = data.holdout()
-    answers = stored_keras_answers(folder, level)
+    answers = _answers_in(stored, level, len(labels))  # runtime.json, read above
     if answers is None and not (cached and cached.exists()):
         answers = keras_predictor.logits(x).argmax(1)
     if cached and cached.exists():
