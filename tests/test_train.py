@@ -38,6 +38,19 @@ def test_augmentations_keep_shapes_and_flip_halves():
     assert shifted.shape == x.shape and not np.array_equal(shifted, x)
 
 
+def test_training_batches_keep_every_image_once_in_order_and_do_not_autotune():
+    """fit shuffles each epoch itself (seeded) and hands Keras a pipeline that does not autotune:
+    Keras' own one waited seconds for its autotuner at the end of every epoch."""
+    x = np.arange(10 * 32 * 32 * 3, dtype=np.uint32).reshape(10, 32, 32, 3).astype(np.uint8)
+    y = train.one_hot(np.arange(10))
+    pipeline = train.batches(x, y, batch_size=4)
+    assert pipeline.options().autotune.enabled is False
+    got = list(pipeline.as_numpy_iterator())
+    assert [len(b[0]) for b in got] == [4, 4, 2]  # the last batch partial, nothing dropped
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]).argmax(1), np.arange(10))
+
+
 def test_pseudo_labels_respect_threshold():
     p = np.array([[0.95, 0.05] + [0] * 8, [0.6, 0.4] + [0] * 8])
     labels, mask = pseudo_labels(p, 0.9)
