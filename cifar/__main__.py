@@ -166,10 +166,17 @@ def cmd_bench_serving(args) -> None:
     version = _version_folder(args.model)
     print(f"CPU: {cpu.describe()}; Keras {keras.__version__} (TensorFlow), OpenVINO {runtime.available()}")
     x, y = data.load(args.data, "test")
+    if args.images:  # a class-balanced subset: a slow path (bf16 emulated) needs minutes for all 10,000
+        picks = data.balanced_subset(y, args.images // 10, seed=0)
+        x, y = x[picks], y[picks]
     keras_model = net.load(version.model_path)
     paths = {f"Keras, {cpu.precision()} (as the app chooses for this CPU)": (keras_model, None)}  # (model, network)
     if cpu.precision() != "float32":
         paths["Keras, float32"] = (net.to_float32(keras_model), None)
+    else:  # the version as saved: the app's path on every CPU before it read the CPU's features
+        as_saved = keras.saving.load_model(version.model_path, compile=False)
+        if net.to_float32(as_saved) is not as_saved:  # it has bfloat16 layers
+            paths["Keras, mixed_bfloat16 (as saved; bf16 emulated on this CPU)"] = (as_saved, None)
     print(f"| network path ({predict.tta.VIEWS[args.tta]} views an image) | 1 image, ms | images/s at batch 32 | "
           f"at batch 256 | top-1 on {len(x):,} test images | same answer as Keras |\n|---|---|---|---|---|---|")
     reference = None
@@ -317,6 +324,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--tta", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="timing per batch size and path")
+    p.add_argument("--images", type=int, default=None, help="top-1 on this many test images (default: all)")
     p.set_defaults(run=cmd_bench_serving)
     p = commands.add_parser("convert", help="make the checked OpenVINO model of a version that has none")
     p.add_argument("--model", required=True, help="a version folder")

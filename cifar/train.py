@@ -117,8 +117,9 @@ class Lookahead(keras.callbacks.Callback):
 class TimeBox(keras.callbacks.Callback):
     """Fine-tuning that fits a time budget on any CPU. The learning rate follows the recipe's
     triangle over progress = max(steps done / steps planned, seconds spent / budget), and
-    training ends when progress reaches 1: on a fast CPU every planned step runs (as without a
-    budget), on a slow one the same schedule is compressed into the budget, ending decayed."""
+    training ends when progress reaches 1 or the next step would end past the budget: on a fast
+    CPU every planned step runs (as without a budget), on a slow one the same schedule is
+    compressed into the budget, ending decayed."""
 
     def __init__(self, total_steps: int, budget_s: float | None, peak_lr: float):
         super().__init__()
@@ -126,6 +127,7 @@ class TimeBox(keras.callbacks.Callback):
         # The recipe's triangle with progress (0..1) for the step: one formula for both paths.
         self.schedule = net.TriangleSchedule(peak_lr, 1, *net.HYP["schedule"])
         self.steps, self.started, self.done = 0, None, False
+        self.step_began, self.step_seconds = None, 0.0
 
     def progress(self) -> float:
         by_steps = self.steps / self.total
@@ -141,11 +143,16 @@ class TimeBox(keras.callbacks.Callback):
             self.started = time.time()
 
     def on_train_batch_begin(self, batch, logs=None):
+        self.step_began = time.time()
         self.model.optimizer.learning_rate = self.learning_rate(min(self.progress(), 1.0))
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.progress() >= 1.0:  # the schedule has run its course, in steps or in time
+        self.step_seconds = time.time() - self.step_began
+        # Stop when the schedule has run its course in steps, or when one more step as long as
+        # the last would end past the budget (a step takes 3-5 s on a slow CPU).
+        over_time = self.budget and time.time() - self.started + self.step_seconds > self.budget
+        if self.progress() >= 1.0 or over_time:
             self.done = self.model.stop_training = True
             self.model.optimizer.learning_rate = self.learning_rate(1.0)
 

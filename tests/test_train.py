@@ -1,4 +1,7 @@
 """A few training steps on a few hundred real images give a model that loads back and learns."""
+import time
+import types
+
 import keras
 import numpy as np
 
@@ -131,6 +134,18 @@ def test_the_time_box_follows_the_recipe_schedule_and_stops_at_its_budget(test_s
     for step in (0, 10, 23, 50, 99):
         box.steps = step
         assert abs(box.learning_rate(box.progress()) - float(schedule(step))) < 1e-6
+
+    # With 7 s of a 10-s budget spent, a 4-s step would end past it: stop now, not one step late.
+    box, state = train.TimeBox(100, 10.0, 1.0), types.SimpleNamespace(stop_training=False, optimizer=types.SimpleNamespace())
+    box.set_model(state)
+    box.started, box.step_began = time.time() - 7, time.time() - 4
+    box.on_train_batch_end(0)
+    assert box.done and state.stop_training and box.progress() < 1.0
+    box, state.stop_training = train.TimeBox(100, 10.0, 1.0), False
+    box.set_model(state)
+    box.started, box.step_began = time.time() - 5, time.time() - 4  # 5 + 4 < 10: one more fits
+    box.on_train_batch_end(0)
+    assert not box.done and not state.stop_training
 
     x, y = test_split
     picks = data.balanced_subset(y, 60, seed=0)
