@@ -8,7 +8,7 @@
 | CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push/review/label require it  |
 | CIFAR_FROM_HUB      | (unset)            | "1": start from the newest version pushed to HF_REPO_ID  |
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
-| CIFAR_TTA           | 2                  | test-time augmentation: 0 none, 1 flip, 2 flip + shifts  |
+| CIFAR_TTA           | (by the CPU)       | test-time views: 0 none, 1 flip, 2 flip + shifts (6); 2 with AVX-512, 1 on AVX2-only CPUs |
 | CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
@@ -77,7 +77,12 @@ def max_batch() -> int:
 
 
 def tta_level() -> int:
-    return int(os.environ.get("CIFAR_TTA", "2"))
+    """CIFAR_TTA (0 image alone, 1 flip, 2 six views), else what this CPU serves fast (cifar.cpu)."""
+    if os.environ.get("CIFAR_TTA", "").strip():
+        return int(os.environ["CIFAR_TTA"])
+    from . import cpu  # cpu reads its own override from here
+
+    return cpu.tta_level()
 
 
 def tta_wait_budget() -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cifar import cpu  # noqa: E402  (no TensorFlow import: just /proc/cpuinfo)
+from cifar import config, cpu  # noqa: E402  (no TensorFlow import: just /proc/cpuinfo)
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
@@ -267,7 +267,7 @@ def main() -> None:
     else:
         failures = one_run(args, "run", None)["failures"]
     print(f"reports in {args.out}")
-    print(f"CPU: {cpu.describe()}; TTA level {os.environ.get('CIFAR_TTA', '2')} when the queue is short")
+    print(f"CPU: {cpu.describe()}; TTA level {config.tta_level()} when the queue is short")
     if args.fail_on_error and failures:
         sys.exit(1)
 

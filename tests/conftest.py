@@ -6,6 +6,9 @@ import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 6 test-time views on every CPU, as the shipped version's stored check and calibration are: the
+# default by CPU (flip only on AVX2-only ones) has its own test in test_cpu.py.
+os.environ.setdefault("CIFAR_TTA", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CIFAR_DATA", ROOT.parent / "shared" / "cifar10"))

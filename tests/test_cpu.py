@@ -27,6 +27,16 @@ def test_an_avx2_only_cpu_gets_float32_and_an_amx_one_bf16(monkeypatch):
     assert cpu.precision({"model": "x", "flags": ["avx512f", "avx512_bf16"]}) == "mixed_bfloat16"
 
 
+def test_an_avx2_only_cpu_serves_flip_only_and_an_avx512_one_six_views(monkeypatch):
+    epyc, xeon = cpu.parse_cpuinfo(EPYC_AVX2), cpu.parse_cpuinfo(XEON_AMX)
+    assert cpu.tta_level(epyc) == 1 and cpu.tta_level(xeon) == 2
+    assert cpu.tta_level({"model": "x", "flags": ["avx2", "fma", "avx512f"]}) == 2
+    monkeypatch.setenv("CIFAR_TTA", "0")  # the environment overrides
+    assert config.tta_level() == 0
+    monkeypatch.setenv("CIFAR_TTA", "")
+    assert config.tta_level() == cpu.tta_level()
+
+
 def test_the_environment_overrides_and_a_typo_is_named(monkeypatch):
     monkeypatch.setenv("CIFAR_PRECISION", "float32")
     assert cpu.precision(cpu.parse_cpuinfo(XEON_AMX)) == "float32"
