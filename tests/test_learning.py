@@ -32,8 +32,10 @@ def test_temperature_undoes_a_known_scaling():
 
 def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(test_split):
     x, y = test_split
-    picks = data.balanced_subset(y, 20, seed=0)   # 200 images, 30 epochs: over-fitted, so over-confident
-    result = train.train_from_scratch(x[picks], y[picks], epochs=30, widths=(16, 32, 32), seed=0)
+    # 100 images, 40 epochs: over-fitted, so over-confident whatever the CPU's threads (200 images and
+    # 30 epochs came out near calibrated with one thread, ECE 0.033, and failed)
+    picks = data.balanced_subset(y, 10, seed=0)
+    result = train.train_from_scratch(x[picks], y[picks], epochs=40, widths=(16, 32, 32), seed=0)
     model = predict.Predictor(result.model, tta_level=1)
     held_x, held_y = data.holdout()
     fitted = calibration.fit(model.logits(held_x[:1000]), held_y[:1000], 1, "first 1,000 held-out images")
@@ -41,7 +43,7 @@ def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(tes
     logits = model.logits(x[unseen])
     before = calibration.ece(calibration.softmax(logits), y[unseen])
     after = calibration.ece(calibration.softmax(logits, fitted["temperature"]), y[unseen])
-    assert after < before - 0.01, (before, after, fitted["temperature"])
+    assert fitted["temperature"] > 1 and after < before - 0.05, (before, after, fitted["temperature"])
     assert (calibration.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
 
 
