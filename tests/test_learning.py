@@ -121,8 +121,11 @@ def test_the_training_budget_leaves_room_for_the_work_after_training():
     from cifar import train
     from cifar.learning import retrain
 
-    fast = retrain.training_budget(12, 1 / 1000, 1 / 700, uploads=1000, views=6)   # AMX-like
-    slow = retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6)    # AVX-512 float32-like
-    slowest = retrain.training_budget(60, 1 / 150, 1 / 100, uploads=1000, views=6)
+    fast = retrain.training_budget(12, 1 / 1000, 1 / 700, uploads=1000, views=6, train_images=4000)   # AMX-like
+    slow = retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6, train_images=4000)    # AVX-512 f32
+    slowest = retrain.training_budget(60, 1 / 150, 1 / 100, uploads=1000, views=6, train_images=4000)
     assert fast > slow > slowest == train.RETRAIN["min_train_seconds"]
     assert 12 + fast + 30 < train.RETRAIN["seconds"]  # the judging, check and estimates still fit
+    # The refreshes cost what they pass: fewer uploads, less to refresh, more time left to train.
+    assert retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6, train_images=3500) == slow
+    assert retrain.training_budget(30, 1 / 400, 1 / 300, uploads=300, views=6, train_images=3300) > slow

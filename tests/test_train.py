@@ -54,6 +54,22 @@ def test_training_batches_keep_every_image_once_in_order_and_do_not_autotune():
     np.testing.assert_array_equal(np.concatenate([b[1] for b in got]).argmax(1), np.arange(10))
 
 
+def test_batchnorm_refresh_gives_the_statistics_of_all_the_images_once():
+    """1,000 images in two chunks of 500: the first BatchNorm's moving mean becomes the mean of
+    its inputs over all 1,000 (the chunks' means, equally weighted), and its momentum is kept."""
+    keras.utils.set_random_seed(0)
+    model = net.build_network((16, 32, 32))
+    x = np.random.default_rng(0).integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
+    x[:500] //= 2  # two chunks that differ: an exponential average would lean to one of them
+    bn = model.get_layer("block1_bn1")
+    inputs = keras.Model(model.inputs[0], bn.input)(x.astype(np.float32), training=False)
+    expected = np.asarray(inputs, np.float64).mean(axis=(0, 1, 2))
+    train.refresh_batchnorm(model, x)
+    assert train.refresh_images(len(x)) == 1000 and train.refresh_images(50_000) == 3000
+    assert bn.momentum == net.HYP["bn_momentum"]
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), expected, rtol=1e-3, atol=1e-3)
+
+
 def test_pseudo_labels_respect_threshold():
     p = np.array([[0.95, 0.05] + [0] * 8, [0.6, 0.4] + [0] * 8])
     labels, mask = pseudo_labels(p, 0.9)

@@ -41,7 +41,7 @@ def adapted_copy(model, x: np.ndarray):
         copy.set_weights(model.get_weights())
     else:
         copy = Predictor.load(model).model
-    refresh_batchnorm(copy, x, batch_size=min(500, len(x)))
+    refresh_batchnorm(copy, x)
     return copy
 
 

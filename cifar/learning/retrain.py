@@ -47,14 +47,14 @@ RUNTIME_VIEW_COST, FIXED_SECONDS = 0.5, 10.0
 
 
 def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh_image: float, uploads: int,
-                    views: int) -> float:
+                    views: int, train_images: int) -> float:
     """Seconds the training may take so the whole retrain ends within RETRAIN["seconds"]: what is
     left after the time spent so far and the work still to come (the final BatchNorm refresh,
     judging on the held-out images, the runtime's conversion and check, the estimates on the
     uploads), priced at the Keras speeds measured while pseudo-labelling on this machine."""
     keras_views = 2000 * views + uploads                                # judge; the adapted copy's view
     runtime_views = 2000 * views + 2 * uploads * views                  # the check; before and after
-    refresh_images = 2 * train.REFRESH_BATCHES * 500                    # the new version's; its adapted copy's
+    refresh_images = train.refresh_images(train_images) + train.refresh_images(uploads)  # new version's; adapted copy's
     after_training = (seconds_per_view * (keras_views + RUNTIME_VIEW_COST * runtime_views)
                       + seconds_per_refresh_image * refresh_images + FIXED_SECONDS)
     return max(train.RETRAIN["min_train_seconds"], train.RETRAIN["seconds"] - elapsed - after_training)
@@ -92,7 +92,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     measured = adapted_parent is not None and unlabeled.sum() >= MEASURE_MIN_UPLOADS
     seconds_per_view = ((time.time() - refreshed) / (int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
                         if measured else SLOW_SECONDS_PER_VIEW)
-    seconds_per_refresh_image = ((refreshed - mark) / (train.REFRESH_BATCHES * min(500, len(x_up)))
+    seconds_per_refresh_image = ((refreshed - mark) / train.refresh_images(len(x_up))
                                  if measured else 1.5 * SLOW_SECONDS_PER_VIEW)
     guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
                                        train.RETRAIN["min_recognised"])
@@ -115,7 +115,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
     budget = training_budget(time.time() - started, seconds_per_view, seconds_per_refresh_image, len(x_up),
-                             tta.VIEWS[serving.tta_level])
+                             tta.VIEWS[serving.tta_level], len(x_train))
     result = train.finetune(parent.model_path, x_train, y_train, epochs, time_budget_s=budget,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
     phases["training"] = result.seconds
