@@ -127,7 +127,7 @@ class TimeBox(keras.callbacks.Callback):
         # The recipe's triangle with progress (0..1) for the step: one formula for both paths.
         self.schedule = net.TriangleSchedule(peak_lr, 1, *net.HYP["schedule"])
         self.steps, self.started, self.done = 0, None, False
-        self.step_began, self.step_seconds = None, 0.0
+        self.step_began = None
 
     def progress(self) -> float:
         by_steps = self.steps / self.total
@@ -148,10 +148,10 @@ class TimeBox(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        self.step_seconds = time.time() - self.step_began
+        now = time.time()
         # Stop when the schedule has run its course in steps, or when one more step as long as
         # the last would end past the budget (a step takes 3-5 s on a slow CPU).
-        over_time = self.budget and time.time() - self.started + self.step_seconds > self.budget
+        over_time = self.budget and now - self.started + (now - self.step_began) > self.budget
         if self.progress() >= 1.0 or over_time:
             self.done = self.model.stop_training = True
             self.model.optimizer.learning_rate = self.learning_rate(1.0)
