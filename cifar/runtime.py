@@ -196,11 +196,12 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
         return network, summary
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"runtime-check-{key}.json" if cache_dir else None
+    checked_before = cached is not None and cached.exists()
     x, labels = data.holdout()
     answers = _answers_in(stored, level, len(labels))  # runtime.json, read above
-    if answers is None and not (cached and cached.exists()):
+    if answers is None and not checked_before:
         answers = keras_predictor.logits(x).argmax(1)
-    if cached and cached.exists():
+    if checked_before:
         result = json.loads(cached.read_text())
     else:
         result = check(network, x, labels, answers, level)
