@@ -7,6 +7,7 @@ the retrained version is scored on the shifted and the clean eval half.
     python -m cifar bench-retrain [--shifts noise,blur,contrast,haze,jpeg] [--out DIR]
     python -m cifar bench-retrain --shifts jpeg --labeled   # true labels: what pseudo-labels could reach
 """
+import hashlib
 import io
 import json
 import os
@@ -14,11 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import CLASSES, config, data, evaluate, train
-from .learning.pseudo_labels import pseudo_labels, upload_probabilities
+from . import CLASSES, config, data, evaluate, serving, train
+from .learning.adapt import upload_probabilities
+from .learning.estimate import estimate_served
+from .learning.pseudo_labels import pseudo_labels
+from .registry import Registry
+from .service import Service, UserError
 
 # name -> (strength, what it does). Each strength is chosen to cost the shipped model 10 points
 # or more without leaving it at chance (the table shows the cost); `calibrate` measures that.
@@ -106,7 +112,7 @@ def estimation(predictor, x, y, when: str) -> dict:
     """True accuracy on (x, y) and the model's own estimate of it without the labels."""
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
-    estimated = predictor.estimate_accuracy(probabilities, x)
+    estimated = estimate_served(predictor, probabilities, x)
     return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true}
 
 
@@ -117,8 +123,6 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_
     `review`: also retrain, per shift, after a simulated reviewer labeled the `review` uploads the
     Review tab shows first (through the app's own queue and label code), and after the same number
     of uploads chosen at random were labeled: what a person's labels buy, against chance."""
-    from .service import Service
-
     x, y = data.load(source, "test")
     field = data.balanced_subset(y, len(y) // 20, seed=0)              # half of each class
     evaluation = np.setdiff1d(np.arange(len(y)), field)
@@ -175,12 +179,6 @@ VARIANTS = {"pseudo": "pseudo-labels", "labeled": "true labels (upper bound)",
 
 def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, variant: str, review: int) -> dict:
     """Upload the field images into `service`'s fresh home, label some as `variant` says, retrain."""
-    import hashlib
-
-    from .predict import Predictor
-    from .registry import Registry
-    from .service import UserError
-
     shipped = service.predictor
     # The pseudo-labels the app's retrain will assign, recomputed here to score them.
     probabilities = upload_probabilities(service.registry.current().model_path, shifted_field,
@@ -210,7 +208,7 @@ def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, varia
         result = {"version": service.registry.current().id, "promoted": False, "message": str(exc)}
     seconds = time.time() - started
     home = Path(os.environ["CIFAR_HOME"])
-    retrained = Predictor.for_version(Registry(home / "models").get(result["version"]), shipped.tta_level,
+    retrained = serving.load_predictor(Registry(home / "models").get(result["version"]), shipped.tta_level,
                                       config.cache_dir())
     return {"predictor": retrained, "pseudo_coverage": float(confident.mean()),
             "pseudo_accuracy": float((labels[confident] == y_field[confident]).mean()) if confident.any() else None,
@@ -248,20 +246,19 @@ def write_report(rows: list[dict], out: Path) -> None:
             alone, rand = (next(o for o in rows if o["shift"] == r["shift"] and o["labels"] == name)
                            for name in ("pseudo-labels", VARIANTS["random"].format(r["reviewed"])))
             cell = lambda o: (f"{o['recovered_fraction']:.0%}" if o["recovered_fraction"] is not None else "-") + \
-                f" ({100 * (o['clean_after'] - o['clean_before']):+.2f})"  # noqa: E731
+                f" ({100 * (o['clean_after'] - o['clean_before']):+.2f})"
             lines.append(f"| {r['shift']} | {cell(alone)} | {cell(r)} | {cell(rand)} |")
     if errors:
         lines.append(f"\nMean absolute error {100 * np.mean(np.abs(errors)):.2f} points, worst "
                      f"{100 * np.max(np.abs(errors)):.2f} ({len(errors)} estimates).")
     (out / "bench_retrain.md").write_text("\n".join(lines) + "\n")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 3.6))
     positions = np.arange(len(rows))
     for offset, key, name in ((-0.3, "shifted_before", "shifted, before"), (-0.1, "shifted_after", "shifted, after"),
                               (0.1, "clean_before", "clean, before"), (0.3, "clean_after", "clean, after")):
         ax.bar(positions + offset, [r[key] for r in rows], 0.2, label=name)
     ax.set_xticks(positions, [r["shift"] for r in rows]), ax.set_ylabel("accuracy on the eval half")
-    ax.set_ylim(0, 1), ax.legend(ncol=4, fontsize=8, loc="lower center"), ax.set_title("Retraining on 1,000 unlabeled shifted images")
+    ax.set_ylim(0, 1), ax.legend(ncol=4, fontsize=8, loc="lower center")
+    ax.set_title("Retraining on 1,000 unlabeled shifted images")
     fig.tight_layout()
     evaluate.save_png(fig, out / "bench_retrain.png")

@@ -1,4 +1,5 @@
-"""Every setting the product reads from the environment, in one place.
+"""Every setting the product reads from the environment, in one place (the bottom layer: it
+imports nothing of the package).
 
 | variable            | default            | meaning                                                  |
 |---------------------|--------------------|----------------------------------------------------------|
@@ -10,6 +11,8 @@
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
 | CIFAR_TTA           | (by the CPU)       | test-time views: 0 none, 1 flip, 2 flip + shifts (6); 2 with AVX-512, 1 on AVX2-only CPUs |
 | CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
+| CIFAR_TTA_BUDGET_S  | 0.25               | queued work (s) above which the batcher serves fewer views |
+| CIFAR_MONITORING_REFRESH_S | 5           | how often an open Monitoring tab refreshes itself        |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
@@ -76,13 +79,15 @@ def max_batch() -> int:
     return max(1, int(os.environ.get("CIFAR_MAX_BATCH", "32")))
 
 
-def tta_level() -> int:
-    """CIFAR_TTA (0 image alone, 1 flip, 2 six views), else what this CPU serves fast (cifar.cpu)."""
-    if os.environ.get("CIFAR_TTA", "").strip():
-        return int(os.environ["CIFAR_TTA"])
-    from . import cpu  # cpu reads its own override from here
+def tta_override() -> int | None:
+    """CIFAR_TTA (0 image alone, 1 flip, 2 six views), or None to let cifar.cpu choose by the CPU."""
+    value = os.environ.get("CIFAR_TTA", "").strip()
+    return int(value) if value else None
 
-    return cpu.tta_level()
+
+def monitoring_refresh_seconds() -> float:
+    """CIFAR_MONITORING_REFRESH_S: how often an open Monitoring tab refreshes itself (it also does when selected)."""
+    return float(os.environ.get("CIFAR_MONITORING_REFRESH_S", "5"))
 
 
 def tta_wait_budget() -> float:

@@ -2,7 +2,7 @@
 
 bfloat16 pays only where the CPU has it in hardware (AVX512-BF16 or AMX): there `mixed_bfloat16`
 trains ~2x faster than float32. Where it is emulated (AVX2-only CPUs, many hosted Spaces) it is
-several times slower (3.6 against 46.8 training images/s measured on an AVX2 AMD EPYC), so there
+several times slower (3.6 against 46.8 training images/s, measured on an AVX2-only AMD EPYC), so there
 the app trains and serves in float32. `CIFAR_PRECISION` (float32 or mixed_bfloat16) overrides.
 """
 import functools
@@ -48,14 +48,21 @@ def precision(cpu: dict | None = None) -> str:
     return "mixed_bfloat16" if any(f in flags for f in NATIVE_BF16) else "float32"
 
 
-def tta_level(cpu: dict | None = None) -> int:
-    """Test-time views the app serves with by default: 6 (level 2) where the CPU has AVX-512,
-    flip only (level 1) on an AVX2-only CPU. There every pass over images costs ~3x more (the
-    issue's AVX2 EPYC; a retrain's judging, checks and estimates are such passes), and 6 views made
-    a retrain take 253 s on a CPU of that speed (emulated), 2 views 173 s; flip only is 0.22 point
-    less accurate (91.49% vs 91.71% int8 on the 10,000 test images). CIFAR_TTA overrides."""
+def default_tta_level(cpu: dict | None = None) -> int:
+    """Test-time views to serve with on this CPU (or on `cpu`, a `parse_cpuinfo` result): 6 (level 2)
+    where it has AVX-512, flip only (level 1) on an AVX2-only CPU. There every pass over images
+    costs ~3x more (an AVX2-only AMD EPYC; a retrain's judging, checks and estimates are such
+    passes), and 6 views made a retrain take 253 s at that speed (one core of an AMX Xeon with
+    oneDNN capped at AVX-512, 2026-11-27, `bench-retrain-time`), flip only 173 s; flip only is
+    0.22 point less accurate (91.49% vs 91.71% int8 on the 10,000 test images)."""
     flags = (cpu or info())["flags"]
     return 2 if any(f.startswith("avx512") or f.startswith("amx") for f in flags) else 1
+
+
+def tta_level() -> int:
+    """The test-time level the app serves with: CIFAR_TTA if set, else `default_tta_level()`."""
+    forced = config.tta_override()
+    return default_tta_level() if forced is None else forced
 
 
 def describe() -> str:

@@ -104,6 +104,13 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 HOLDOUT_NAME = "assets/holdout.npz (2,000 CIFAR-10 test images)"  # how metadata names them
 
 
+def eval_set_words(name: str | None, count: int) -> str:
+    """A version's evaluation set as people read it ("10,000 CIFAR-10 test images"), whatever
+    folder of the machine that measured it its metadata names."""
+    held_out = " held-out" if name == HOLDOUT_NAME else ""
+    return f"{count:,}{held_out} CIFAR-10 test images"
+
+
 def holdout() -> tuple[np.ndarray, np.ndarray]:
     """2,000 test images (200 a class) that judge every new version before it is promoted."""
     return load_npz(holdout_path())

@@ -12,6 +12,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from . import CLASSES
 
+ECE_BINS = 15  # Guo et al.'s choice; the Metrics tab, the calibration and the benchmark use the same
+
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix."""
@@ -26,7 +28,7 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
                              "f1": float(f1[i]), "support": int(support[i])}
                       for i, name in enumerate(CLASSES)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "count": int(len(y_true)),
+        "count": len(y_true),
     }
 
 
@@ -38,14 +40,32 @@ def evaluate(predictor, x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def metrics_from_probabilities(probabilities: np.ndarray, y: np.ndarray, tta_level: int, seconds: float) -> dict:
-    from .learning.calibration import reliability
-
     metrics = compute_metrics(y, probabilities.argmax(axis=1))
     metrics["seconds"] = round(seconds, 2)
     metrics["tta_level"] = tta_level
     metrics["confidence_histogram"] = np.histogram(probabilities.max(axis=1), bins=20, range=(0, 1))[0].tolist()
     metrics["ece"] = reliability(probabilities, y)["ece"]
     return metrics
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Per confidence bin: images, mean confidence, accuracy; and the expected calibration error
+    (the bins' |accuracy - confidence| weighted by their share of the images)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    safe = np.maximum(counts, 1)
+    mean_conf = np.bincount(which, weights=confidence, minlength=bins) / safe
+    accuracy = np.bincount(which, weights=correct, minlength=bins) / safe
+    ece = float((counts * np.abs(accuracy - mean_conf)).sum() / max(1, len(labels)))
+    return {"ece": ece, "counts": counts.tolist(), "confidence": mean_conf.round(5).tolist(),
+            "accuracy": accuracy.round(5).tolist(), "mean_confidence": float(confidence.mean()),
+            "top1": float(correct.mean())}
+
+
+def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    return reliability(probabilities, labels, bins)["ece"]
 
 
 def format_table(metrics: dict) -> str:

@@ -11,7 +11,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import card, config, runtime
+from huggingface_hub import HfApi, errors, snapshot_download
+from huggingface_hub.utils import disable_progress_bars
+
+from . import card, config, cpu, model as net, runtime
 from .registry import Registry, Version
 
 KERAS_FOLDER_FILES = ["config.json", "model.weights.h5"]  # inside every .keras file
@@ -31,8 +34,6 @@ def _scrub(text: str) -> str:
 
 
 def _explain(exc: Exception, repo_id: str) -> HubError:
-    from huggingface_hub import errors
-
     if isinstance(exc, errors.RevisionNotFoundError):
         message = f"no such version (tag) in {repo_id}"
     elif isinstance(exc, errors.RepositoryNotFoundError):
@@ -50,10 +51,7 @@ def _explain(exc: Exception, repo_id: str) -> HubError:
     return HubError(f"Hub {message}.")
 
 
-def _api():
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import disable_progress_bars
-
+def _api() -> HfApi:
     disable_progress_bars()  # progress bars would flood the app's log
 
     return HfApi(token=os.environ.get("HF_TOKEN") or None)
@@ -122,8 +120,6 @@ def tags(repo_id: str | None = None) -> list[str]:
 
 def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -> Version:
     """Download version `revision` (a tag; the newest tag when None) into `registry`."""
-    from huggingface_hub import snapshot_download
-
     repo_id = repo_id or _repo()
     if revision is None:
         available = tags(repo_id)
@@ -137,9 +133,7 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
             if not (Path(folder) / "model.keras").exists():
                 raise HubError(f"{repo_id}@{revision} holds no model.keras.")
             if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():  # pushed before the runtime existed
-                from . import model as net
-
-                runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), config.tta_level())
+                runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), cpu.tta_level())
             return registry.add_folder(Path(folder), version_id=revision)
     except HubError:
         raise

@@ -103,3 +103,13 @@ class Monitor:
 
     def uptime(self) -> float:
         return time.time() - self.started
+
+
+def alert_message(field: dict) -> str | None:
+    """What to tell a person when `field` (Monitor.field) raised the alert, and what to do; else None."""
+    if not field["alert"]:
+        return None
+    return (f"Estimated accuracy on the last {field['predictions']:,} predictions is {field['estimated_accuracy']:.1%}, "
+            f"more than {ALERT_DROP:.0%} below the {field['reference_accuracy']:.1%} measured on held-out images: "
+            "what people send looks unlike the training images. Upload such images (Bulk upload tab) and retrain "
+            "(Retrain tab).")

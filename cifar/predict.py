@@ -1,15 +1,18 @@
-"""The serving predictor: a loaded model version, batched inference with test-time augmentation,
-through the version's checked OpenVINO model (cifar.runtime) or Keras."""
+"""The serving predictor: a network with its test-time views and its temperature, thread-safe,
+run through a checked OpenVINO model (cifar.runtime) or Keras; and the micro-batcher that shares
+its network calls between concurrent requests. Loading a registry version into a Predictor, with
+its calibration, is cifar.serving's job."""
+import collections
 import logging
+import queue
 import threading
-from pathlib import Path
+import time
+from concurrent.futures import Future
 
 import keras
 import numpy as np
 
-from . import images, runtime, tta
-from .learning import calibration, estimate
-from .learning.calibration import softmax
+from . import images, model as net, runtime, tta
 
 log = logging.getLogger("cifar")
 
@@ -27,35 +30,22 @@ class Predictor:
         self.calibration = calibration or {}
         self.temperature = float(self.calibration.get("temperature", 1.0))
         # What runs the network: a checked OpenVINO model, or Keras (and why, for Monitoring).
-        self.network = network or self._keras_network
+        self.network = network or net.keras_network(model)
         self.runtime = runtime or {"runtime": "keras", "why": "Keras model in memory"}
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path, version: str = "", **kwargs) -> "Predictor":
-        from . import model as net
-
         return cls(net.load(path), version, **kwargs)
 
-    @classmethod
-    def for_version(cls, version, tta_level: int = tta.LEVEL, cache_dir=None) -> "Predictor":
-        """A registry version with its calibration (fitted now if it never was), served by its
-        OpenVINO model when that passed its check (made now, into the cache, if it has none)."""
-        predictor = cls.load(version.model_path, version=version.id, tta_level=tta_level)
-        predictor.calibration = calibration.for_version(version, tta_level, cache_dir, predictor)
-        predictor.temperature = float(predictor.calibration["temperature"])
-        folder = version.path
-        if not (folder / runtime.FOLDER).exists() and cache_dir:  # older versions: versions never change
-            folder = Path(cache_dir) / f"runtime-{version.id}"
-            if not (folder / runtime.FOLDER / "runtime.json").exists():
-                runtime.build(predictor.model, folder, tta_level)
-        predictor.use_runtime(folder, cache_dir)
-        return predictor
+    def calibrate(self, calibration: dict) -> None:
+        """Serve with `calibration`'s temperature (a version's calibration.json)."""
+        self.calibration, self.temperature = calibration, float(calibration["temperature"])
 
     def use_runtime(self, folder, cache_dir=None) -> None:
         """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
         otherwise keep Keras, with the reason in `runtime` (and the log)."""
-        network, self.runtime = runtime.load(folder, self, cache_dir)
+        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir)
         if network is not None:
             self.network = network
         log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",
@@ -68,27 +58,9 @@ class Predictor:
                 return self.network(batch)
         return tta.logits(locked, x, self.tta_level if level is None else level, self.batch_size)
 
-    def _keras_network(self, x: np.ndarray) -> np.ndarray:
-        """The compiled predict function on a batch padded to a power of two: one graph per
-        size bucket instead of a retrace for every batch size, and no per-op Python overhead."""
-        rows = len(x)
-        bucket = 1 << max(3, (rows - 1).bit_length())
-        if bucket != rows:
-            x = np.concatenate([x, np.zeros((bucket - rows, *x.shape[1:]), x.dtype)])
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:rows]
-
     def predict_arrays(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
-        return softmax(self.logits(x, level), self.temperature)
-
-    def estimate_accuracy(self, probabilities: np.ndarray, x: np.ndarray | None = None, adapted=None) -> float | None:
-        """Expected accuracy on unlabeled images from their served `probabilities` (None without a
-        calibration); given the images `x` too, checked against a copy adapted to them
-        (`adapted`: that copy, if the caller already made it)."""
-        if "atc_threshold" not in self.calibration or not len(probabilities):
-            return None
-        adapted = estimate.adapted_view(self.model, x, self.temperature, adapted) if x is not None else None
-        return estimate.estimate_accuracy(probabilities, self.calibration["atc_threshold"], adapted)
+        return net.softmax(self.logits(x, level), self.temperature)
 
     def predict_images(self, sources) -> np.ndarray:
         """Probabilities for images of any kind `images.to_array` accepts."""
@@ -102,8 +74,6 @@ class Predictor:
 
 def measure_serving(predictor: Predictor, batch_sizes=(1, 32, 256), seconds: float = 3.0) -> dict:
     """Latency of one image and throughput at several batch sizes, network + TTA only."""
-    import time
-
     rng = np.random.default_rng(0)
     results = {}
     for batch in batch_sizes:
@@ -133,12 +103,9 @@ class MicroBatcher:
     """
 
     def __init__(self, get_predictor, max_batch: int = 32, max_wait_s: float = 0.002, wait_budget_s: float = 0.25):
-        import collections
-        import queue
-
         self.get_predictor, self.max_batch, self.max_wait_s = get_predictor, max_batch, max_wait_s
         self.wait_budget_s = wait_budget_s
-        self._queue: "queue.Queue" = queue.Queue()
+        self._queue: queue.Queue = queue.Queue()
         self.batches = 0
         self.images = 0
         self.levels: collections.Counter = collections.Counter()
@@ -146,8 +113,6 @@ class MicroBatcher:
         threading.Thread(target=self._run, daemon=True, name="micro-batcher").start()
 
     def predict(self, array: np.ndarray, timeout: float = 60.0) -> np.ndarray:
-        from concurrent.futures import Future
-
         future: Future = Future()
         self._queue.put((array, future))
         return future.result(timeout=timeout)
@@ -162,9 +127,6 @@ class MicroBatcher:
         return 0
 
     def _run(self) -> None:
-        import queue
-        import time
-
         while True:
             pending = [self._queue.get()]
             try:

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MODEL_FILE = "model.keras"
@@ -23,7 +23,7 @@ class RegistryError(ValueError):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_version_id(kind: str, when: datetime | None = None) -> str:
@@ -45,6 +45,13 @@ def write_json_atomic(path: Path, data) -> None:
 class Version:
     id: str
     path: Path
+
+    @classmethod
+    def at(cls, path) -> "Version":
+        """The version in a folder (or the folder of its model.keras), outside any registry."""
+        folder = Path(path)
+        folder = folder.parent if folder.suffix == ".keras" else folder
+        return cls(folder.name, folder)
 
     @property
     def model_path(self) -> Path:

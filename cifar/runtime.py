@@ -1,10 +1,10 @@
 """The serving runtime: each version's network as an OpenVINO model, int8 by NNCF's post-training
 quantization, checked against Keras on the 2,000 held-out images before it serves.
 
-Why OpenVINO int8: the fastest path here, 6.2x Keras (mixed_bfloat16) at batch 32 on an AMX Xeon
-(`python -m cifar bench-serving`, README), and the fastest runtime the issue measured on an
-AVX2-only EPYC (3.3x Keras mixed_bfloat16, 2.6x Keras float32 there). Keras
-stays the training format and the fallback: where OpenVINO is missing, the artifact absent or
+Why OpenVINO int8: the fastest path measured, 6.2x Keras (mixed_bfloat16) at batch 32 on an AMX
+Xeon, and 3.3x Keras mixed_bfloat16 (2.6x Keras float32) on an AVX2-only AMD EPYC
+(`python -m cifar bench-serving`, RESULTS.md). Keras stays the training format and the fallback:
+where OpenVINO is missing, the artifact absent or
 its answers drift from Keras', the Keras model serves, and the log and Monitoring say why.
 
 A version's folder holds `openvino/` (model.xml, model.bin, runtime.json). runtime.json keeps the
@@ -18,9 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from . import cpu, data, tta
+from . import cpu, data, model as net, tta
 from .registry import write_json_atomic
 
 log = logging.getLogger("cifar")
@@ -58,7 +59,7 @@ class OpenVINONetwork:
     Not thread-safe (one infer request): the Predictor calls it under its lock."""
 
     def __init__(self, xml_path: Path, precision: str):
-        import openvino
+        import openvino  # optional (see `available`): imported where it is used
 
         self.precision = precision
         settings = {"PERFORMANCE_HINT": "LATENCY"}
@@ -72,11 +73,8 @@ class OpenVINONetwork:
 
 def export(model, folder: Path, precisions=PRECISIONS) -> dict:
     """OpenVINO models of a Keras `model` in `precisions` (float, int8), written in `folder`: {precision: xml}."""
-    import keras
-    import nncf
+    import nncf  # optional, like openvino (see `available`)
     import openvino
-
-    from . import model as net
 
     float_xml = folder / "float" / "model.xml"
     float_xml.parent.mkdir(parents=True)
@@ -102,7 +100,7 @@ def check(network, x: np.ndarray, labels: np.ndarray, keras_answers: np.ndarray,
     why = (f"{agreement:.2%} same answers as Keras (needs {MIN_AGREEMENT:.1%}), accuracy {accuracy:.2%} vs Keras "
            f"{keras_accuracy:.2%} (at most {MAX_ACCURACY_DROP * 100:.1f} point less)")
     return {"agreement": round(agreement, 5), "accuracy": round(accuracy, 5), "keras_accuracy": round(keras_accuracy, 5),
-            "count": int(len(labels)), "passed": passed, "why": why}
+            "count": len(labels), "passed": passed, "why": why}
 
 
 def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray | None = None,
@@ -115,9 +113,7 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
         return dict(NOT_INSTALLED)
     x, labels = data.holdout()
     if keras_answers is None:
-        from .predict import Predictor
-
-        keras_answers = Predictor(model, tta_level=tta_level).logits(x).argmax(1)
+        keras_answers = keras_answers_on(model, x, tta_level)
     report = {"runtime": "openvino", "openvino": version, "tta_level": tta_level, "checked_on": data.HOLDOUT_NAME,
               "cpu": _cpu_key(), "keras_answers": "".join(map(str, keras_answers.tolist())), "tried": {}}
     target = Path(version_folder) / FOLDER
@@ -140,6 +136,11 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
     (target / "runtime.json").write_text(json.dumps(report, indent=1))
     log.info("serving runtime for %s: %s", Path(version_folder).name, describe(report))
     return report
+
+
+def keras_answers_on(model: keras.Model, x: np.ndarray, tta_level: int) -> np.ndarray:
+    """The Keras model's top class for each image of `x`, over the views of `tta_level`."""
+    return tta.logits(net.keras_network(model), x, tta_level).argmax(1)
 
 
 def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
@@ -168,8 +169,9 @@ def describe(status: dict) -> str:
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
-def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork | None, dict]:
+def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tuple[OpenVINONetwork | None, dict]:
     """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
+    `model`: the Keras model it was made from, served at `tta_level`.
 
     The check stands without a rerun when the files are the ones checked on this CPU (their
     hashes, the CPU model and flags); otherwise the artifact serves the held-out images again
@@ -191,7 +193,7 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
     except Exception as exc:  # a missing or unreadable file: Keras serves
         return None, {**summary, "runtime": "keras", "passed": False,
                       "why": f"the OpenVINO model could not be loaded ({exc.__class__.__name__})"}
-    level = keras_predictor.tta_level
+    level = tta_level
     if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
         return network, summary
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
@@ -200,7 +202,7 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
     x, labels = data.holdout()
     answers = _answers_in(stored, level, len(labels))  # runtime.json, read above
     if answers is None and not checked_before:
-        answers = keras_predictor.logits(x).argmax(1)
+        answers = keras_answers_on(model, x, level)
     if checked_before:
         result = json.loads(cached.read_text())
     else:
@@ -213,18 +215,16 @@ def load(folder: Path, keras_predictor, cache_dir=None) -> tuple[OpenVINONetwork
         return network, status
     failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {result['why']}"
     if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
-        return _float_made_here(keras_predictor, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed)
+        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}
 
 
-def _float_made_here(keras_predictor, folder: Path, level: int, answers, failed: str):
+def _float_made_here(model: keras.Model, folder: Path, level: int, answers, failed: str):
     """When the version's own OpenVINO model fails its check on this CPU: a float one made from
     the Keras model, checked like any other (made once, kept in the cache)."""
     if not (folder / FOLDER / "runtime.json").exists():
-        if answers is None:
-            answers = keras_predictor.logits(data.holdout()[0]).argmax(1)
-        build(keras_predictor.model, folder, level, answers, precisions=("float",))
-    network, status = load(folder, keras_predictor)
+        build(model, folder, level, answers, precisions=("float",))
+    network, status = load(folder, model, level)
     if network is None:
         return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}
     return network, {**status, "replaced": failed}

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from . import CLASSES, cpu, model as net
 
@@ -52,8 +53,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int):
     """(x, y) in order, in batches, as a tf.data pipeline that does not autotune. Keras' own
     pipeline for arrays autotunes, and at the end of each `fit` (one an epoch) tearing it down
     waited for the autotuner: 3 s on 2,048 images natively (AMX), 4 s on 512 and up to 40 s on a
-    4,000-image retrain with oneDNN off. Without autotuning: no wait (README, "Retraining")."""
-    import tensorflow as tf
+    4,000-image retrain with oneDNN off. Without autotuning: no wait (RESULTS.md, "Retraining")."""
 
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -271,10 +271,8 @@ def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None
              report=None, time_budget_s: float | None = None) -> TrainResult:
     """A fresh copy of the model at `model_path`, trained a few epochs on (x, y), EMA weights,
     in at most `time_budget_s` seconds of training (TimeBox) when given."""
-    from . import predict
-
     set_precision()
-    model = predict.Predictor.load(model_path).model
+    model = net.load(model_path)
     return fit(model, x, y, epochs or RETRAIN["epochs"], seed=seed, lr_scale=RETRAIN["lr_scale"],
                bias_scaler=RETRAIN["bias_scaler"], batch_size=RETRAIN["batch_size"], report=report,
                time_budget_s=time_budget_s)

@@ -1,19 +1,20 @@
 """Turning a trained Keras model into a complete registry version (model, metadata, metrics, card)."""
 import json
+import os
 import platform
 import shutil
 import sys
 from pathlib import Path
 
-from . import card, config, cpu, evaluate, registry, runtime
+import keras
+import numpy
+import sklearn
+import tensorflow
+
+from . import card, cpu, evaluate, registry, runtime
 
 
 def library_versions() -> dict:
-    import keras
-    import numpy
-    import sklearn
-    import tensorflow
-
     return {"python": platform.python_version(), "keras": keras.__version__,
             "tensorflow": tensorflow.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
@@ -25,8 +26,6 @@ def shell_command() -> str:
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}"
 
 
@@ -42,8 +41,6 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
                 "command": shell_command(), "libraries": library_versions(), "machine": machine(),
                 "cpu": cpu.info(), "precision": cpu.precision(), **metadata}
 
-    import keras
-
     # A fresh copy without the optimizer: a third of the size (no momentum or EMA slots).
     serving_model = keras.Model.from_config(model.get_config())
     serving_model.set_weights(model.get_weights())
@@ -54,7 +51,7 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
             shutil.copytree(Path(built_runtime) / runtime.FOLDER, folder / runtime.FOLDER)
             status = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
         else:
-            status = runtime.build(serving_model, folder, metrics.get("tta_level", config.tta_level()))
+            status = runtime.build(serving_model, folder, metrics.get("tta_level", cpu.tta_level()))
         metadata["runtime"] = {k: v for k, v in status.items() if k != "keras_answers"}
         metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
         for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history),

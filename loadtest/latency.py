@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import App  # noqa: E402  (the same app starter as the load test)
+from run import App
 
 ROOT = Path(__file__).resolve().parent.parent
 

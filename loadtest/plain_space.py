@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cifar import CLASSES, config  # noqa: E402  (the class names and where the shipped model is)
-from cifar.registry import Registry  # noqa: E402
+import keras
 
-import keras  # noqa: E402
+from cifar import CLASSES, config
+from cifar.registry import Registry
 
 
 def build(model) -> gr.Blocks:

@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cifar import config, cpu  # noqa: E402  (no TensorFlow import: just /proc/cpuinfo)
+from cifar import cpu  # noqa: E402  (no TensorFlow import: just /proc/cpuinfo)
+
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
@@ -44,10 +45,11 @@ class App:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = self.home.parent / f"app-{self.port}.log"
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=ROOT,
-                                     env={**os.environ, "CIFAR_HOME": str(self.home), "GRADIO_ANALYTICS_ENABLED": "False",
-                                          **(env or {})},
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        with open(self.log, "w") as log:  # the child keeps its own copy of the file
+            self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=ROOT,
+                                         env={**os.environ, "CIFAR_HOME": str(self.home),
+                                              "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
+                                         stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
         self.ready_seconds = time.time() - self.started
 
@@ -104,7 +106,7 @@ def plot_history(prefix: Path, title: str) -> Path:
         rows = [r for r in csv.DictReader(handle) if r["Name"] == "Aggregated"]
     start = int(rows[0]["Timestamp"]) if rows else 0
     t = [int(r["Timestamp"]) - start for r in rows]
-    number = lambda r, k: float(r[k]) if r[k] not in ("", "N/A") else float("nan")  # noqa: E731
+    number = lambda r, k: float(r[k]) if r[k] not in ("", "N/A") else float("nan")
     fig, (rate, latency) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     rate.plot(t, [number(r, "Requests/s") for r in rows], label="HTTP requests/s")
     rate.plot(t, [number(r, "Failures/s") for r in rows], label="failures/s", color="red")
@@ -229,7 +231,7 @@ def main() -> None:
     parser.add_argument("--spawn-rate", type=float, default=8)
     parser.add_argument("--duration", default="60s")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" /
-                        datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+                        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     parser.add_argument("--compare-batching", action="store_true",
                         help="run twice: CIFAR_MAX_BATCH=1 (one image per call), then batched")
     parser.add_argument("--ceiling", action="store_true",
@@ -267,7 +269,7 @@ def main() -> None:
     else:
         failures = one_run(args, "run", None)["failures"]
     print(f"reports in {args.out}")
-    print(f"CPU: {cpu.describe()}; TTA level {config.tta_level()} when the queue is short")
+    print(f"CPU: {cpu.describe()}; TTA level {cpu.tta_level()} when the queue is short")
     if args.fail_on_error and failures:
         sys.exit(1)
 

@@ -56,9 +56,3 @@ def app_server(tmp_path_factory):
     app = AppProcess(home)
     yield app
     app.stop()
-
-
-def pytest_configure(config):
-    # Third-party deprecation noise (Keras on NumPy 2, httpx) hides the warnings that matter.
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:keras.*")
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:httpx2.*")

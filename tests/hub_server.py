@@ -166,7 +166,7 @@ def _handler(hub: HubServer):
 
         def _commit(self, repo: Repo, repo_id: str, body: bytes):
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-            header = next(l["value"] for l in lines if l["key"] == "header")
+            header = next(entry["value"] for entry in lines if entry["key"] == "header")
             files = dict(repo.head()["files"]) if repo.head() else {}
             for line in lines:
                 value = line["value"]
@@ -177,7 +177,8 @@ def _handler(hub: HubServer):
                         return self._error(400, "BadRequest", f"LFS object {value['oid']} was never uploaded")
                     files[value["path"]] = (hub.lfs[value["oid"]], value["oid"])
                 elif line["key"] in ("deletedFile", "deletedFolder"):
-                    files = {p: f for p, f in files.items() if p != value["path"] and not p.startswith(value["path"].rstrip("/") + "/")}
+                    folder = value["path"].rstrip("/") + "/"
+                    files = {p: f for p, f in files.items() if p != value["path"] and not p.startswith(folder)}
             oid = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
             repo.commits.append({"oid": oid, "title": header.get("summary", ""), "message": header.get("description", ""),
                                  "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "files": files})
@@ -201,7 +202,8 @@ def _handler(hub: HubServer):
                     return
                 action, rev = parts[4], "/".join(parts[5:])
                 if action == "refs":
-                    branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head()["oid"]}] if repo.head() else []
+                    head = repo.head()
+                    branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": head["oid"]}] if head else []
                     tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in repo.tags.items()]
                     return self._send(200, {"branches": branches, "tags": tags, "converts": []}, head=head)
                 commit = repo.resolve(rev or "main")
@@ -217,8 +219,8 @@ def _handler(hub: HubServer):
                 if action == "tree":
                     return self._send(200, [{"type": "file", "path": p, "size": len(d),
                                              "oid": hashlib.sha1(d).hexdigest(),
-                                             **({"lfs": {"oid": l, "size": len(d), "pointerSize": 134}} if l else {})}
-                                            for p, (d, l) in sorted(commit["files"].items())], head=head)
+                                             **({"lfs": {"oid": lfs, "size": len(d), "pointerSize": 134}} if lfs else {})}
+                                            for p, (d, lfs) in sorted(commit["files"].items())], head=head)
             if len(parts) >= 4 and parts[2] == "resolve":
                 repo = self._repo(parts[0], parts[1], head)
                 if repo is None:

@@ -58,7 +58,7 @@ def test_predict_batch_table_and_csv(client, test_split, tmp_path):
     rows = table["data"]
     assert len(rows) == 4 and rows[-1][1] == "error" and "corrupt" in rows[-1][2]
     assert all(r[1] in CLASSES for r in rows[:3])
-    assert open(csv_path).read().startswith("file,class,confidence_or_error")
+    assert Path(csv_path).read_text().startswith("file,class,confidence_or_error")
 
 
 def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):

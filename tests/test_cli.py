@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import ROOT
+from hub_server import HubServer
 
 from cifar import config, data, predict
 from cifar.registry import Registry
-
-from conftest import ROOT
-from hub_server import HubServer
 
 TOKEN = "hf_clitestsecret1234567890"
 

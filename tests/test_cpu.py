@@ -29,12 +29,16 @@ def test_an_avx2_only_cpu_gets_float32_and_an_amx_one_bf16(monkeypatch):
 
 def test_an_avx2_only_cpu_serves_flip_only_and_an_avx512_one_six_views(monkeypatch):
     epyc, xeon = cpu.parse_cpuinfo(EPYC_AVX2), cpu.parse_cpuinfo(XEON_AMX)
-    assert cpu.tta_level(epyc) == 1 and cpu.tta_level(xeon) == 2
-    assert cpu.tta_level({"model": "x", "flags": ["avx2", "fma", "avx512f"]}) == 2
-    monkeypatch.setenv("CIFAR_TTA", "0")  # the environment overrides
-    assert config.tta_level() == 0
+    assert cpu.default_tta_level(epyc) == 1 and cpu.default_tta_level(xeon) == 2
+    assert cpu.default_tta_level({"model": "x", "flags": ["avx2", "fma", "avx512f"]}) == 2
+    monkeypatch.setattr(cpu, "info", lambda: epyc)  # the app on an AVX2-only CPU...
     monkeypatch.setenv("CIFAR_TTA", "")
-    assert config.tta_level() == cpu.tta_level()
+    assert cpu.tta_level() == 1
+    monkeypatch.setenv("CIFAR_TTA", "0")  # ...unless the environment overrides
+    assert cpu.tta_level() == 0
+    monkeypatch.setattr(cpu, "info", lambda: xeon)
+    monkeypatch.delenv("CIFAR_TTA")
+    assert cpu.tta_level() == 2
 
 
 def test_the_environment_overrides_and_a_typo_is_named(monkeypatch):

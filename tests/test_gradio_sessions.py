@@ -1,17 +1,12 @@
 """The app's Gradio sessions build component configs only when something reads them."""
-import sys
-from pathlib import Path
-
 from gradio import state_holder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import app  # noqa: E402
-from cifar import gradio_sessions  # noqa: E402
-from cifar.service import Service  # noqa: E402
+from cifar.service import Service
+from cifar.ui import build, sessions as gradio_sessions
 
 
 def test_a_new_session_builds_no_configs_until_read_and_then_the_same_ones():
-    demo = app.build(Service())
+    demo = build(Service())
     gradio_sessions.install()
     gradio_sessions.install()  # twice: still one wrapper
     init = state_holder.SessionState.__init__

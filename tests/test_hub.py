@@ -1,11 +1,10 @@
 """Push and pull through the real huggingface_hub client against a local Hub-compatible server."""
 import numpy as np
 import pytest
+from hub_server import HubServer
 
 from cifar import data, predict, train, versions
 from cifar.registry import Registry
-
-from hub_server import HubServer
 
 TOKEN = "hf_localtestsecret1234567890"
 
@@ -43,7 +42,7 @@ def two_versions(tmp_path_factory, test_split):
 def test_round_trip_two_versions(hub, two_versions, test_split, tmp_path):
     from cifar import hub as cifar_hub
 
-    reg, (old, new) = two_versions
+    _reg, (old, new) = two_versions
     for version in (old, new):
         cifar_hub.push(version)
     assert cifar_hub.tags() == sorted([old.id, new.id])
@@ -77,7 +76,7 @@ def test_wrong_token_gives_a_clear_error_without_the_token(hub, two_versions, mo
 def test_server_dying_mid_push_loses_nothing_and_retry_succeeds(hub, two_versions):
     from cifar import hub as cifar_hub
 
-    reg, (old, _) = two_versions
+    _reg, (old, _) = two_versions
     before = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
     hub.fail_uploads = 100  # every LFS upload drops the connection
     with pytest.raises(cifar_hub.HubError):

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from cifar import bench_retrain, config, data, predict, train
+from cifar import bench_retrain, config, data, evaluate, model as net, predict, serving, train
 from cifar.learning import calibration, estimate
 from cifar.monitor import Monitor
 from cifar.registry import Registry
 
-# The README's "Calibration" table: ECE of the shipped version on the 2,000 held-out images its
+# RESULTS.md's "calibrated confidences" table: ECE of the shipped version on the 2,000 held-out images its
 # temperature was fitted on (`python -m cifar bench-calibration --model models/versions/<id>`).
 README_GUARD_ECE = 0.0162
 
@@ -16,16 +16,16 @@ def test_ece_of_known_cases():
     p = np.full((10, 10), 0.1 / 9)
     p[:, 0] = 0.9                                   # every answer 90% sure
     right, wrong = np.zeros(10, int), np.ones(10, int)
-    assert calibration.ece(p, right) == pytest.approx(0.1)       # 100% right: 10 points under-confident
+    assert evaluate.ece(p, right) == pytest.approx(0.1)       # 100% right: 10 points under-confident
     half = np.array([0] * 9 + [1])
-    assert calibration.ece(p, half) == pytest.approx(0.0, abs=1e-6)  # 90% right at 90%: perfect
-    assert calibration.ece(p, wrong) == pytest.approx(0.9)
+    assert evaluate.ece(p, half) == pytest.approx(0.0, abs=1e-6)  # 90% right at 90%: perfect
+    assert evaluate.ece(p, wrong) == pytest.approx(0.9)
 
 
 def test_temperature_undoes_a_known_scaling():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 3, (4000, 10))
-    labels = np.array([rng.choice(10, p=row) for row in calibration.softmax(true_logits)])
+    labels = np.array([rng.choice(10, p=row) for row in net.softmax(true_logits)])
     fitted = calibration.fit_temperature(true_logits / 4.0, labels)   # logits shrunk 4x, as label smoothing does
     assert fitted == pytest.approx(0.25, rel=0.1)
 
@@ -41,25 +41,25 @@ def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(tes
     fitted = calibration.fit(model.logits(held_x[:1000]), held_y[:1000], 1, "first 1,000 held-out images")
     unseen = np.setdiff1d(np.arange(len(y)), picks)[::3]          # ~3,300 images of every class
     logits = model.logits(x[unseen])
-    before = calibration.ece(calibration.softmax(logits), y[unseen])
-    after = calibration.ece(calibration.softmax(logits, fitted["temperature"]), y[unseen])
+    before = evaluate.ece(net.softmax(logits), y[unseen])
+    after = evaluate.ece(net.softmax(logits, fitted["temperature"]), y[unseen])
     assert fitted["temperature"] > 1 and after < before - 0.05, (before, after, fitted["temperature"])
-    assert (calibration.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
+    assert (net.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
 
 
 @pytest.fixture(scope="module")
 def shipped():
     version = Registry(config.shipped_models_dir()).current()
-    return predict.Predictor.for_version(version, tta_level=2)
+    return serving.load_predictor(version, tta_level=2)
 
 
 def test_shipped_calibration_reproduces_the_readme_ece_on_the_guard_subset(shipped):
     x, y = data.holdout()
     assert shipped.calibration["tta_level"] == 2 and shipped.temperature < 1  # stored with the version
     logits = shipped.logits(x)
-    calibrated = calibration.softmax(logits, shipped.temperature)
-    assert calibration.ece(calibrated, y) == pytest.approx(README_GUARD_ECE, abs=0.005)
-    assert calibration.ece(calibration.softmax(logits), y) > 0.15      # what the app showed before
+    calibrated = net.softmax(logits, shipped.temperature)
+    assert evaluate.ece(calibrated, y) == pytest.approx(README_GUARD_ECE, abs=0.005)
+    assert evaluate.ece(net.softmax(logits), y) > 0.15      # what the app showed before
     assert (calibrated.argmax(1) == logits.argmax(1)).all()             # accuracy untouched
 
 
@@ -87,15 +87,15 @@ def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test
     outside = candidates[data.balanced_subset(y[candidates], 100, seed=5)]   # 1,000, class-balanced
     clean = shipped.predict_arrays(x[outside])
     true_clean = float((clean.argmax(1) == y[outside]).mean())
-    estimated_clean = shipped.estimate_accuracy(clean)
+    estimated_clean = estimate.estimate_served(shipped, clean)
     assert abs(estimated_clean - true_clean) <= 0.03, (estimated_clean, true_clean)
     pixelated = bench_retrain.apply_shift("pixelate", x[outside], seed=0)
     shifted = shipped.predict_arrays(pixelated)
     true_shifted = float((shifted.argmax(1) == y[outside]).mean())
-    estimated_shifted = shipped.estimate_accuracy(shifted, pixelated)    # with the adapted copy's opinion
+    estimated_shifted = estimate.estimate_served(shipped, shifted, pixelated)    # with the adapted copy's opinion
     assert estimated_shifted < estimated_clean - 0.3
     assert abs(estimated_shifted - true_shifted) <= 0.06, (estimated_shifted, true_shifted)
-    assert shipped.estimate_accuracy(shifted) > true_shifted + 0.1      # confidence alone is fooled here
+    assert estimate.estimate_served(shipped, shifted) > true_shifted + 0.1      # confidence alone is fooled here
 
 
 def test_monitor_alerts_when_the_field_estimate_drops():

@@ -1,12 +1,11 @@
 """The model in the field, through the real app's API: the /monitoring numbers and alert follow
 what is sent, and an upload says whether retraining on it is worth it."""
 import pytest
+from conftest import AppProcess
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from cifar import bench_retrain, data
-
-from conftest import AppProcess
 
 
 @pytest.fixture(scope="module")

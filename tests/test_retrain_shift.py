@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from cifar import bench_retrain, data, predict
-from cifar.learning.pseudo_labels import upload_probabilities
+from cifar.learning.adapt import upload_probabilities
 from cifar.service import Service, UserError
 
 

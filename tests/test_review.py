@@ -9,14 +9,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from cifar import CLASSES
 from cifar.learning import review
 from cifar.uploads import NOT_A_CLASS, UnknownUpload, UploadStore
-
-from conftest import ROOT
 
 
 def store_with_grey_images(tmp_path, values) -> tuple[UploadStore, dict[int, str]]:
@@ -75,7 +74,7 @@ def test_labels_survive_a_restart_last_one_wins_and_history_is_kept(tmp_path):
     again = UploadStore(tmp_path / "store")  # a restart
     assert again.reviews() == {ids[1]: "cat", ids[2]: NOT_A_CLASS}
     assert [h["label"] for h in again.review_history(ids[1])] == ["dog", "cat"]
-    x, y, records = again.load()
+    x, y, _records = again.load()
     assert len(x) == 2 and sorted(y.tolist()) == [-1, CLASSES.index("cat")]   # 'none of these' left out
     assert again.counts()["labels (file names and reviews)"]["cat"] == 1
     again.review(ids[1], None)                  # undo
@@ -159,5 +158,5 @@ def test_queue_label_and_retrain_through_the_api(app_server, test_split, tmp_pat
     with pytest.raises(Exception, match="Unknown class 'dragon'"):
         client.predict(queue[2]["id"], "dragon", "", api_name="/label")
     assert first not in [i["id"] for i in client.predict(50, "", "", api_name="/review_queue")]
-    text, table, *_ = client.predict(0.98, 1, "", api_name="/retrain")
+    text, _table, *_ = client.predict(0.98, 1, "", api_name="/retrain")
     assert re.search(r"\(\d+ reviewed by hand\)", text) and "(0 reviewed" not in text

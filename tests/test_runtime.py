@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cifar import config, data, model as net, predict, registry, runtime, train
+from cifar import config, data, model as net, predict, registry, runtime, serving, train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_a_tiny_model_converts_and_the_check_decides_what_serves(tiny_model, tmp
                                     result["accuracy"] >= result["keras_accuracy"] - runtime.MAX_ACCURACY_DROP)
     passing = [p for p, r in report["tried"].items() if r["passed"]]
     keras_predictor = predict.Predictor(tiny_model, tta_level=1)
-    network, status = runtime.load(tmp_path, keras_predictor)
+    network, status = runtime.load(tmp_path, tiny_model, 1)
     if not passing:  # a barely trained net has near ties that int8 (and bf16) flip: Keras serves
         assert network is None and not (tmp_path / runtime.FOLDER / "model.xml").exists()
         assert "no OpenVINO model passed the check" in runtime.describe(status)
@@ -47,13 +47,13 @@ def test_when_no_precision_passes_keras_serves_and_says_why(tiny_model, tmp_path
     report = runtime.build(tiny_model, tmp_path, tta_level=1)
     assert not report["passed"] and set(report["tried"]) == {"int8", "float"}
     assert not (tmp_path / runtime.FOLDER / "model.bin").exists()
-    network, status = runtime.load(tmp_path, predict.Predictor(tiny_model, tta_level=1))
+    network, status = runtime.load(tmp_path, tiny_model, 1)
     assert network is None and "same answers as Keras (needs 101.0%)" in runtime.describe(status)
 
 
 def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
     version = _shipped_copy(tmp_path)
-    served = predict.Predictor.for_version(version, cache_dir=tmp_path / "cache")
+    served = serving.load_predictor(version, 2, cache_dir=tmp_path / "cache")
     assert isinstance(served.network, runtime.OpenVINONetwork) and served.runtime["precision"] == "int8"
     keras_only = predict.Predictor.load(version.model_path)
     x, _ = data.holdout()
@@ -89,25 +89,26 @@ def test_a_broken_artifact_is_caught_and_replaced_with_the_reason_shown(tmp_path
     service = Service()
     served = service.predictor.network
     assert isinstance(served, runtime.OpenVINONetwork) and served.precision == "float"
-    text, _, field = service.monitoring_view()
-    assert "served by **OpenVINO float" in text
+    field = service.monitoring()
+    assert field["runtime"].startswith("OpenVINO float")
     assert "int8 model failed its check on this machine" in field["runtime"]
     x, y = data.holdout()
     assert (service.predictor.predict_arrays(x[:200]).argmax(1) == y[:200]).mean() > 0.85  # right answers again
     cached = list(config.cache_dir().glob("runtime-check-*.json"))
     assert len(cached) == 1 and not json.loads(cached[0].read_text())["passed"]
 
-    network, status = runtime.load(reg.current().path, service.predictor)  # nowhere to make a float model
+    served = service.predictor
+    network, status = runtime.load(reg.current().path, served.model, served.tta_level)  # nowhere to make a float model
     assert network is None and status["runtime"] == "keras" and "failed its check" in status["why"]
     weights.unlink()  # a missing file: loads nothing, Keras serves
-    network, status = runtime.load(reg.current().path, service.predictor, config.cache_dir())
+    network, status = runtime.load(reg.current().path, served.model, served.tta_level, config.cache_dir())
     assert network is None and "could not be loaded" in status["why"]
 
 
 def test_a_version_without_an_artifact_gets_one_in_the_cache(tmp_path):
     version = _shipped_copy(tmp_path)
     shutil.rmtree(version.path / runtime.FOLDER)
-    served = predict.Predictor.for_version(version, cache_dir=tmp_path / "cache")
+    served = serving.load_predictor(version, 2, cache_dir=tmp_path / "cache")
     assert isinstance(served.network, runtime.OpenVINONetwork)
     assert (tmp_path / "cache" / f"runtime-{version.id}" / runtime.FOLDER / "model.xml").exists()
     assert not (version.path / runtime.FOLDER).exists()  # the version itself never changes

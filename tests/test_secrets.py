@@ -2,9 +2,8 @@
 with an admin key set, retrain/rollback/push need it and prediction does not."""
 import httpx
 import pytest
-from gradio_client import Client, handle_file
-
 from conftest import AppProcess
+from gradio_client import Client, handle_file
 from hub_server import HubServer
 
 ADMIN_KEY = "admin-Key-5ecret-7731"

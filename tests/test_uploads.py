@@ -56,7 +56,7 @@ def test_zip_with_good_labeled_and_bad_files(tmp_path):
     stored = sorted(p for p in (tmp_path).rglob("*") if p.is_file())
     assert all(str(p).startswith(str(tmp_path / "store")) for p in stored if p.suffix == ".png")
     assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
-    x, y, records = store.load()
+    x, y, _records = store.load()
     assert x.shape == (3, 32, 32, 3) and sorted(y.tolist()) == [-1, 3, 5]
 
 

@@ -5,19 +5,17 @@ probability (about 72% on average) says far less than its accuracy (about 92%). 
 fitted on labeled held-out images when a version is made, divides the logits before the softmax:
 the ranking of the classes (so accuracy) is untouched, the probabilities become truthful.
 """
+import json
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-ECE_BINS = 15  # Guo et al.'s choice; the Metrics tab and the benchmark use the same
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+from .. import data
+from ..evaluate import ECE_BINS, reliability
+from ..model import softmax
+from ..registry import write_json_atomic
+from . import estimate
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -35,26 +33,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
-    """Per confidence bin: images, mean confidence, accuracy; and the expected calibration error
-    (the bins' |accuracy - confidence| weighted by their share of the images)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    safe = np.maximum(counts, 1)
-    mean_conf = np.bincount(which, weights=confidence, minlength=bins) / safe
-    accuracy = np.bincount(which, weights=correct, minlength=bins) / safe
-    ece = float((counts * np.abs(accuracy - mean_conf)).sum() / max(1, len(labels)))
-    return {"ece": ece, "counts": counts.tolist(), "confidence": mean_conf.round(5).tolist(),
-            "accuracy": accuracy.round(5).tolist(), "mean_confidence": float(confidence.mean()),
-            "top1": float(correct.mean())}
-
-
-def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    return reliability(probabilities, labels, bins)["ece"]
-
-
 # --- a version's calibration: fitted once when the version is made, stored beside its model --
 
 CALIBRATION_FILE = "calibration.json"
@@ -64,14 +42,12 @@ def fit(logits: np.ndarray, labels: np.ndarray, tta_level: int, fitted_on: str) 
     """Everything the app needs to turn a version's logits into honest numbers: the temperature,
     its reliability before and after, and the reference the accuracy estimator and the monitor
     compare live traffic against (ATC threshold, held-out accuracy, confidence histogram)."""
-    from . import estimate
-
     temperature = fit_temperature(logits, labels)
     raw, calibrated = softmax(logits), softmax(logits, temperature)
     after = reliability(calibrated, labels)
     return {
         "method": "temperature scaling (Guo et al., 2017), negative log-likelihood",
-        "temperature": round(temperature, 6), "fitted_on": fitted_on, "count": int(len(labels)),
+        "temperature": round(temperature, 6), "fitted_on": fitted_on, "count": len(labels),
         "tta_level": tta_level, "bins": ECE_BINS,
         "ece_before": reliability(raw, labels)["ece"], "ece": after["ece"], "reliability": after,
         "reference_accuracy": after["top1"],
@@ -82,8 +58,6 @@ def fit(logits: np.ndarray, labels: np.ndarray, tta_level: int, fitted_on: str) 
 
 def fit_on_holdout(predictor) -> dict:
     """Calibration of `predictor`'s model on the shipped held-out images."""
-    from .. import data
-
     x, y = data.holdout()
     return fit(predictor.logits(x), y, predictor.tta_level, data.HOLDOUT_NAME)
 
@@ -93,8 +67,6 @@ def for_version(version, tta_level: int, cache_dir=None, predictor=None) -> dict
     cached earlier, else (given its `predictor`) fitted now on the held-out images and cached.
     Versions are immutable, so a late calibration goes to the cache, never into the version.
     {} when there is none and no predictor to fit one with."""
-    import json
-
     stored = version.calibration
     if stored.get("tta_level") == tta_level:
         return stored
@@ -105,7 +77,5 @@ def for_version(version, tta_level: int, cache_dir=None, predictor=None) -> dict
         return {}
     fitted = fit_on_holdout(predictor)
     if cached:
-        from ..registry import write_json_atomic
-
         write_json_atomic(cached, fitted)
     return fitted

@@ -16,6 +16,8 @@ the lower of the two by 1.2 and 2.5 (`python -m cifar bench-retrain` reports the
 """
 import numpy as np
 
+from .adapt import adapted_copy, upload_probabilities
+
 
 def score(probabilities: np.ndarray) -> np.ndarray:
     """Negative entropy of each row: 0 for a certain answer, -log(10) for a uniform one."""
@@ -51,9 +53,17 @@ def adapted_view(model, x: np.ndarray, temperature: float, adapted=None) -> np.n
     path) whose BatchNorm statistics are re-estimated on `x` (`adapted`: that copy, if the caller
     has made it); None under 200 images, too few to re-estimate them. One view a image (no
     test-time augmentation): 6x cheaper, as accurate here."""
-    from .pseudo_labels import adapted_copy, upload_probabilities
-
     adapted = adapted if adapted is not None else adapted_copy(model, x)
     if adapted is None:
         return None
     return upload_probabilities(model, x, tta_level=0, temperature=temperature, adapted=adapted)
+
+
+def estimate_served(predictor, probabilities: np.ndarray, x: np.ndarray | None = None, adapted=None) -> float | None:
+    """Expected accuracy of `predictor` (a calibrated Predictor) on unlabeled images from the
+    `probabilities` it served them (None without a calibration); given the images `x` too, checked
+    against a copy adapted to them (`adapted`: that copy, if the caller already made it)."""
+    if "atc_threshold" not in predictor.calibration or not len(probabilities):
+        return None
+    adapted = adapted_view(predictor.model, x, predictor.temperature, adapted) if x is not None else None
+    return estimate_accuracy(probabilities, predictor.calibration["atc_threshold"], adapted)

@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASSES, data, evaluate, runtime, train, tta, versions
+from ..model import softmax
 from ..predict import Predictor
 from . import calibration
-from .pseudo_labels import adapted_copy, pseudo_labels, upload_probabilities
+from .adapt import adapted_copy, upload_probabilities
+from .estimate import estimate_served
+from .pseudo_labels import pseudo_labels
 
 log = logging.getLogger("cifar")
 
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
 MEASURE_MIN_UPLOADS = 200   # unlabeled uploads enough to time this machine's Keras by
-SLOW_SECONDS_PER_VIEW = 1 / 150  # else priced as the issue's AVX2 EPYC (Keras float32, 6 views at batch 32)
+SLOW_SECONDS_PER_VIEW = 1 / 150  # else priced as an AVX2-only EPYC (Keras float32, 6 views at batch 32)
 PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
                   "point below the current one on 2,000 held-out test images.")
 
@@ -35,13 +38,13 @@ def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
     started = time.time()
     logits = predictor.logits(x)
     fitted = calibration.fit(logits, y, predictor.tta_level, data.HOLDOUT_NAME)
-    probabilities = calibration.softmax(logits, fitted["temperature"])
+    probabilities = softmax(logits, fitted["temperature"])
     metrics = evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started)
     return metrics, fitted, logits
 
 
 # Work after training, for the budget: OpenVINO int8 costs at most half a Keras view (0.27 on
-# AMX, 0.52 with oneDNN capped at AVX-512; the issue's AVX2 EPYC 0.38); fixed costs (export,
+# AMX, 0.52 with oneDNN capped at AVX-512; an AVX2-only EPYC 0.38); fixed costs (export,
 # quantization, loading, saving) about 10 s.
 RUNTIME_VIEW_COST, FIXED_SECONDS = 0.5, 10.0
 
@@ -58,6 +61,78 @@ def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh
     after_training = (seconds_per_view * (keras_views + RUNTIME_VIEW_COST * runtime_views)
                       + seconds_per_refresh_image * refresh_images + FIXED_SECONDS)
     return max(train.RETRAIN["min_train_seconds"], train.RETRAIN["seconds"] - elapsed - after_training)
+
+
+def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predictor, threshold: float,
+                   started: float) -> dict:
+    """Pseudo-labels for the unlabeled uploads, from one copy of the current model adapted to them
+    (it also gives the "before" estimate its second opinion), and this machine's Keras speeds
+    measured on the way (the training budget prices the rest of the retrain at them).
+
+    Raises:
+        NothingToLearn: the model recognises too few unlabeled uploads (junk).
+    """
+    unlabeled = y_up < 0
+    mark = time.time()
+    adapted_parent = adapted_copy(parent.model_path, x_up)
+    refreshed = time.time()
+    probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature,
+                                          adapted=adapted_parent) if unlabeled.any() else np.zeros((0, 10)))
+    seconds = time.time() - started
+    # Without enough unlabeled uploads to measure the speeds, priced as a slow CPU would be (AVX2, float32).
+    measured = adapted_parent is not None and unlabeled.sum() >= MEASURE_MIN_UPLOADS
+    seconds_per_view = ((time.time() - refreshed) / (int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
+                        if measured else SLOW_SECONDS_PER_VIEW)
+    seconds_per_refresh_image = ((refreshed - mark) / train.refresh_images(len(x_up))
+                                 if measured else 1.5 * SLOW_SECONDS_PER_VIEW)
+    guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
+                                       train.RETRAIN["min_recognised"])
+    labels = y_up.copy()
+    labels[np.flatnonzero(unlabeled)] = guessed
+    keep = ~unlabeled
+    keep[np.flatnonzero(unlabeled)[confident]] = True
+    if not keep.any():
+        recognised = float((probabilities.max(axis=1) >= threshold).mean()) if len(probabilities) else 0.0
+        raise NothingToLearn(
+            f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
+            f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
+            f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
+            "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
+    return {"labels": labels, "keep": keep, "unlabeled": unlabeled, "confident": confident,
+            "adapted_parent": adapted_parent, "seconds": seconds, "seconds_per_view": seconds_per_view,
+            "seconds_per_refresh_image": seconds_per_refresh_image}
+
+
+def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, adapted_parent, metadata: dict,
+                        phases: dict, report):
+    """Judge and calibrate the trained model on the held-out images, convert it for the serving
+    runtime, estimate its accuracy on the uploads (and the current one's), and save it as a new
+    version. Returns the version, its held-out metrics and its predictor."""
+    report(0.82, "judging and calibrating the new version on held-out images")
+    mark = time.time()
+    candidate = Predictor(result.model, tta_level=serving.tta_level)
+    after, fitted, holdout_logits = judge(candidate)
+    phases["judging"], mark = time.time() - mark, time.time()
+    candidate.calibrate(fitted)
+    report(0.86, "converting the new version for the serving runtime and checking it")
+    with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
+        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1))
+        candidate.use_runtime(staging)  # the estimates go through what will serve
+        phases["conversion"], mark = time.time() - mark, time.time()
+        report(0.9, "estimating accuracy on the uploads, before and after")
+        metadata["estimated_accuracy_on_uploads"] = {
+            "before": estimate_served(serving, serving.predict_arrays(x_up), x_up, adapted_parent),
+            "after": estimate_served(candidate, candidate.predict_arrays(x_up), x_up)}
+        phases["estimates"], mark = time.time() - mark, time.time()
+        metadata.update(eval_data=data.HOLDOUT_NAME, eval_count=after["count"])
+        log.info("retrain trained in %.0f s; saving the new version", result.seconds)
+        report(0.93, "saving the new version")
+        version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
+                                              calibration=fitted, built_runtime=Path(staging))
+        phases["saving"] = time.time() - mark
+    candidate.version = version.id
+    candidate.use_runtime(version.path)  # if promoted, it serves through its checked OpenVINO model
+    return version, after, candidate
 
 
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
@@ -77,36 +152,9 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     parent = registry.current()
     log.info("retrain started on %d uploads from %s", len(x_up), parent.id)
     report(0.02, "pseudo-labelling unlabeled uploads")
-    unlabeled = y_up < 0
-    phases = {}
-    # One copy of the current model adapted to the uploads: it pseudo-labels them, and gives the
-    # "before" estimate its second opinion.
-    mark = time.time()
-    adapted_parent = adapted_copy(parent.model_path, x_up)
-    refreshed = time.time()
-    probabilities = (upload_probabilities(parent.model_path, x_up[unlabeled], serving.tta_level, serving.temperature,
-                                          adapted=adapted_parent) if unlabeled.any() else np.zeros((0, 10)))
-    phases["pseudo-labels"] = time.time() - started
-    # This machine's Keras speed, for the training budget; without enough unlabeled uploads to
-    # measure it, priced as a slow CPU would be (AVX2, float32).
-    measured = adapted_parent is not None and unlabeled.sum() >= MEASURE_MIN_UPLOADS
-    seconds_per_view = ((time.time() - refreshed) / (int(unlabeled.sum()) * tta.VIEWS[serving.tta_level])
-                        if measured else SLOW_SECONDS_PER_VIEW)
-    seconds_per_refresh_image = ((refreshed - mark) / train.refresh_images(len(x_up))
-                                 if measured else 1.5 * SLOW_SECONDS_PER_VIEW)
-    guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
-                                       train.RETRAIN["min_recognised"])
-    labels = y_up.copy()
-    labels[np.flatnonzero(unlabeled)] = guessed
-    keep = ~unlabeled
-    keep[np.flatnonzero(unlabeled)[confident]] = True
-    if not keep.any():
-        recognised = float((probabilities.max(axis=1) >= threshold).mean()) if len(probabilities) else 0.0
-        raise NothingToLearn(
-            f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
-            f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
-            f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
-            "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
+    labelled = _label_uploads(parent, x_up, y_up, serving, threshold, started)
+    labels, keep, unlabeled, confident = (labelled[k] for k in ("labels", "keep", "unlabeled", "confident"))
+    phases = {"pseudo-labels": labelled["seconds"]}
     report(0.05, "loading original training images to mix in")
     x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
     reviewed = np.array([r["source"] == "review" for r in records], bool)
@@ -114,44 +162,23 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
-    budget = training_budget(time.time() - started, seconds_per_view, seconds_per_refresh_image, len(x_up),
-                             tta.VIEWS[serving.tta_level], len(x_train))
+    budget = training_budget(time.time() - started, labelled["seconds_per_view"], labelled["seconds_per_refresh_image"],
+                             len(x_up), tta.VIEWS[serving.tta_level], len(x_train))
     result = train.finetune(parent.model_path, x_train, y_train, epochs, time_budget_s=budget,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
     phases["training"] = result.seconds
-    report(0.82, "judging and calibrating the new version on held-out images")
-    mark = time.time()
-    candidate = Predictor(result.model, tta_level=serving.tta_level)
-    after, fitted, holdout_logits = judge(candidate)
-    phases["judging"], mark = time.time() - mark, time.time()
-    candidate.calibration, candidate.temperature = fitted, fitted["temperature"]
-    report(0.86, "converting the new version for the serving runtime and checking it")
-    with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
-        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1))
-        candidate.use_runtime(staging)  # the estimates go through what will serve
-        phases["conversion"], mark = time.time() - mark, time.time()
-        report(0.9, "estimating accuracy on the uploads, before and after")
-        estimated_before = serving.estimate_accuracy(serving.predict_arrays(x_up), x_up, adapted_parent)
-        estimated_after = candidate.estimate_accuracy(candidate.predict_arrays(x_up), x_up)
-        phases["estimates"], mark = time.time() - mark, time.time()
-        metadata = {
-            "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
-            "train_count": int(len(x_train)),
-            "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
-            "uploads": int(len(x_up)), "uploads_labeled": int((~unlabeled).sum()),
-            "uploads_reviewed": int(reviewed.sum()), "train_budget_seconds": round(budget, 1),
-            "train_steps": result.history.get("steps"), "pseudo_threshold": threshold,
-            "pseudo_candidates": int(unlabeled.sum()), "pseudo_used": int(confident.sum()),
-            "replay_count": int(len(x_replay)), "eval_data": data.HOLDOUT_NAME, "eval_count": after["count"],
-            "estimated_accuracy_on_uploads": {"before": estimated_before, "after": estimated_after},
-        }
-        log.info("retrain trained in %.0f s; saving the new version", result.seconds)
-        report(0.93, "saving the new version")
-        version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
-                                              calibration=fitted, built_runtime=Path(staging))
-        phases["saving"] = time.time() - mark
-    candidate.version = version.id
-    candidate.use_runtime(version.path)  # if promoted, it serves through its checked OpenVINO model
+    metadata = {
+        "parent": parent.id, "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+        "train_count": len(x_train),
+        "train_count_per_class": {c: int((y_train == i).sum()) for i, c in enumerate(CLASSES)},
+        "uploads": len(x_up), "uploads_labeled": int((~unlabeled).sum()),
+        "uploads_reviewed": int(reviewed.sum()), "train_budget_seconds": round(budget, 1),
+        "train_steps": result.history.get("steps"), "pseudo_threshold": threshold,
+        "pseudo_candidates": int(unlabeled.sum()), "pseudo_used": int(confident.sum()),
+        "replay_count": len(x_replay),
+    }
+    version, after, candidate = _judge_convert_save(registry, result, serving, x_up, labelled["adapted_parent"],
+                                                    metadata, phases, report)
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     if promoted:
         reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
@@ -163,7 +190,8 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
                f"more than the {PROMOTION_TOLERANCE:.0%} tolerance. {parent.id} stays current.")
     return {"version": version.id, "promoted": promoted, "message": why, "before": before, "after": after,
             "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
-            "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()), "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
-            "uploads": int(len(x_up)), "seconds": round(time.time() - started, 1),
+            "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()),
+            "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
+            "uploads": len(x_up), "seconds": round(time.time() - started, 1),
             "phases": {k: round(v, 1) for k, v in phases.items()}, "train_budget_seconds": round(budget, 1),
             "train_steps": result.history.get("steps"), "runtime": runtime.describe(candidate.runtime)}, candidate

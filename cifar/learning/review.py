@@ -4,6 +4,7 @@ Uncertainty sampling (as in Label Studio's or Prodigy's active learning): the sm
 between the model's two most probable classes (calibrated), the more a person's label is worth.
 Reviewed labels are stored by the upload store; the next retrain trains on them as labels.
 """
+import base64
 import threading
 
 import numpy as np
@@ -83,6 +84,4 @@ def enlarged(uploads, upload_id: str, scale: int = 8) -> Image.Image:
 
 def data_url(uploads, upload_id: str) -> str:
     """The stored PNG as a data URL, for API clients (a few kilobytes)."""
-    import base64
-
     return "data:image/png;base64," + base64.b64encode(uploads.image_path(upload_id).read_bytes()).decode()

@@ -1,0 +1,44 @@
+"""What the tabs share: turning a user's mistake into a message, the version pickers, and the
+cache of drawn plots."""
+import functools
+
+import gradio as gr
+
+from .. import config, evaluate
+from ..service import Service, UserError
+
+ASSETS = config.ROOT / "assets"
+
+
+def shown(fn):
+    """Turn the errors a user can cause into a readable message (no stack trace)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    return wrapper
+
+
+def version_choices(service: Service) -> list[str]:
+    """Version ids, newest first, for the dropdowns."""
+    return [v.id for v in reversed(service.registry.list())]
+
+
+def versions_update(service: Service) -> tuple:
+    """The versions table and the two dropdowns that pick a version, refreshed."""
+    choices = version_choices(service)
+    return service.versions_table(), gr.update(choices=choices), gr.update(choices=choices)
+
+
+def cached_plot(key: str, name: str, draw) -> str:
+    """A PNG drawn once and kept under the plots folder, `key`/`name`.png: versions never change,
+    and drawing costs ~0.3 s of CPU. `draw` returns a matplotlib figure."""
+    path = config.plots_dir() / key / f"{name}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp.png")
+        evaluate.save_png(draw(), partial)
+        partial.replace(path)
+    return str(path)

@@ -1,0 +1,44 @@
+"""The versions panel (in the Retrain tab): every version, which one is current, roll back, push."""
+from typing import NamedTuple
+
+import gradio as gr
+
+from ..service import Service
+from .common import shown, version_choices, versions_update
+
+HEADERS = ["version", "current", "kind", "parent", "accuracy", "evaluated on", "train s"]
+
+
+class Panel(NamedTuple):
+    table: gr.Dataframe
+    picker: gr.Dropdown
+    rollback: gr.Button
+    push: gr.Button
+    refresh: gr.Button
+    message: gr.Markdown
+
+
+def panel(service: Service) -> Panel:
+    table = gr.Dataframe(service.versions_table(), headers=HEADERS, label="Versions")
+    with gr.Row():
+        picker = gr.Dropdown(version_choices(service), label="Version", allow_custom_value=True)
+        rollback = gr.Button("Roll back / make current")
+        push = gr.Button("Push to the Hub")
+        refresh = gr.Button("Refresh list")
+    return Panel(table, picker, rollback, push, refresh, gr.Markdown(label="Message"))
+
+
+def wire(service: Service, versions: Panel, admin_key: gr.Textbox, metrics_picker: gr.Dropdown) -> None:
+    """The panel's buttons; a change of the current version also refreshes the Metrics tab's picker."""
+    @shown
+    def rollback(version_id, key):
+        return (service.rollback(version_id or None, key), *versions_update(service))
+
+    @shown
+    def push(version_id, key):
+        return service.push(version_id or None, key)
+
+    versions.rollback.click(rollback, [versions.picker, admin_key],
+                            [versions.message, versions.table, versions.picker, metrics_picker], api_name="rollback")
+    versions.push.click(push, [versions.picker, admin_key], versions.message, api_name="push")
+    versions.refresh.click(service.versions_table, None, versions.table, api_name="versions")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test set-up in one command (the README's): install the app's and the tests' Python
+# packages and a headless browser, lint (ruff, the layers contract, the Dockerfile), run the suite.
+#   bash tests/run.sh [pytest arguments]     e.g. bash tests/run.sh -k browser
+# The browser: Debian's chromium where this runs as root with apt-get (no download of its own is
+# needed, and none can be made offline); elsewhere Playwright's own Chromium (needs internet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
+
+python3 -m pip install -q -r requirements.txt -r tests/requirements.txt
+
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    python3 -m playwright install chromium
+  fi
+fi
+
+ruff check .
+lint-imports
+hadolint --ignore DL3008 Dockerfile
+
+python3 -m pytest "$@"
