@@ -202,8 +202,8 @@ def _handler(hub: HubServer):
                     return
                 action, rev = parts[4], "/".join(parts[5:])
                 if action == "refs":
-                    head = repo.head()
-                    branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": head["oid"]}] if head else []
+                    last = repo.head()
+                    branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": last["oid"]}] if last else []
                     tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in repo.tags.items()]
                     return self._send(200, {"branches": branches, "tags": tags, "converts": []}, head=head)
                 commit = repo.resolve(rev or "main")
