@@ -29,6 +29,7 @@ def main() -> None:
     demo = build(Service())
     demo.queue(default_concurrency_limit=4)
     sessions.install()  # a new session no longer builds every component's config up front
+    sessions.keep_sessions_with_events(demo)  # a retrain's session outlives thousands of one-shot calls
     # Every API call is a new Gradio session whose state is kept up to state_session_capacity;
     # 10,000 of them grew the app by ~900 MB in a 10-minute soak. The app keeps no per-session
     # state, so a few hundred recent sessions are plenty.

@@ -50,6 +50,11 @@ def uploads_dir() -> Path:
     return home() / "uploads"
 
 
+def jobs_dir() -> Path:
+    """Long jobs (retrains) and their state, one JSON file each (cifar.jobs)."""
+    return home() / "jobs"
+
+
 def cache_dir() -> Path:
     path = home() / "cache"
     path.mkdir(parents=True, exist_ok=True)

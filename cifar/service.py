@@ -1,15 +1,13 @@
 """What the app does, as operations over one `Service` that owns its state: the registry, the
 upload store and its review queue, the serving predictor (swapped atomically after a promotion),
-the micro-batcher, the monitor and the Hub pusher.
+the micro-batcher, the monitor, the Hub pusher, and retrains as jobs in the app's own store.
 
 Every method returns plain data (numbers, dicts, rows, file paths); the words, tables and plots a
 person sees are made by cifar.ui. Errors a user can cause are raised as `UserError` with a
 message fit to show; nothing here prints secrets.
 """
-import csv
 import hmac
 import logging
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 from . import CLASSES, config, cpu, images, runtime, serving, train
 from .hub import HubError, push as hub_push
 from .hub_sync import HubPusher
+from .jobs import Busy, JobRunner, JobStore, UnknownJob
 from .learning import calibration, estimate, retrain as learning_retrain, review
 from .monitor import ALERT_DROP, Monitor, alert_message
 from .predict import MicroBatcher, Predictor
@@ -43,8 +42,10 @@ class Service:
         self.hub = HubPusher(self.registry)
         self.tta_level = cpu.tta_level()
         self._swap_lock = threading.Lock()
-        self._retrain_lock = threading.Lock()
-        self.retrain_started: float | None = None
+        self.jobs = JobStore(config.jobs_dir())
+        for job_id in self.jobs.mark_interrupted():
+            log.warning("job %s was running when the app stopped: marked interrupted", job_id)
+        self.retrains = JobRunner(self.jobs, "retrain", self._retrain, expected=(UserError,))
         self._predictor = self._load(self.registry.current().id)
         self._predictor.warm_up()
         log.info("serving %s in %s", self._predictor.version, cpu.describe())
@@ -106,8 +107,8 @@ class Service:
         p = self._observed("predict", run)[0]
         return {c: float(p[i]) for i, c in enumerate(CLASSES)}
 
-    def predict_files(self, paths: list) -> tuple[list[list], str]:
-        """Rows (file, class, confidence or error) and a CSV file of them."""
+    def predict_files(self, paths: list) -> list[list]:
+        """Rows (file, class, confidence or error), one a file."""
         if not paths:
             raise UserError("No images given: choose one or more image files.")
         rows, good, arrays = [], [], []
@@ -124,12 +125,7 @@ class Service:
                                            count=len(arrays))
             for row_index, p in zip(good, probabilities):
                 rows[row_index][1:] = [CLASSES[int(p.argmax())], round(float(p.max()), 4)]
-        out = Path(tempfile.mkdtemp(prefix="predictions-")) / "predictions.csv"
-        with open(out, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "class", "confidence_or_error"])
-            writer.writerows(rows)
-        return rows, str(out)
+        return rows
 
     # --- uploads and review ------------------------------------------------------------
     def upload(self, paths: list) -> UploadReport:
@@ -181,7 +177,7 @@ class Service:
         what = {None: "review taken back", NOT_A_CLASS: "marked as none of the ten classes"}.get(label, f"labeled {label}")
         message = f"Upload {upload_id[:10]} {what}"
         message += f" (was {previous}; the history is kept)." if previous and previous != label else "."
-        if self.retrain_started:
+        if self.retrains.running:
             message += (" A retrain is running: it trains on the labels it read when it started; this one counts "
                         "from the next retrain.")
         return {"id": upload_id, "label": label, "previous": previous, "message": message}
@@ -193,18 +189,6 @@ class Service:
             return self.registry.get(version_id) if version_id else self.registry.current()
         except RegistryError as exc:
             raise UserError(str(exc)) from None
-
-    def versions_table(self) -> list[list]:
-        """One row a version, newest first: id, current, kind, parent, accuracy, images, train s."""
-        current = self.registry.current().id
-        rows = []
-        for version in reversed(self.registry.list()):
-            meta, metrics = version.metadata, version.metrics
-            accuracy = metrics.get("accuracy")
-            rows.append([version.id, "yes" if version.id == current else "", meta.get("kind", ""),
-                         meta.get("parent") or "", round(accuracy, 4) if accuracy is not None else None,
-                         metrics.get("count"), meta.get("train_seconds")])
-        return rows
 
     def calibration_of(self, version: Version) -> dict:
         """A version's calibration at the served test-time level ({} if it has none yet)."""
@@ -253,36 +237,62 @@ class Service:
             raise UserError(str(exc)) from None
         return f"Pushed {version.id} to {config.hub_repo_id()} (commit {commit[:10]}, tag {version.id})."
 
-    # --- retraining ----------------------------------------------------------------------
+    # --- retraining: a job in the app's store, so no request has to outlive it -----------
+    def start_retrain(self, threshold: float | None = None, epochs: int | None = None,
+                      key: str | None = None) -> dict:
+        """Start a retrain in the background; returns its job (id, state) at once."""
+        self.check_admin(key)
+        return self._one_retrain(lambda params: self.retrains.start(params), threshold, epochs)
+
     def retrain(self, threshold: float | None = None, epochs: int | None = None, key: str | None = None,
                 report=None) -> dict:
-        """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
-        version, and serve it if the promotion rule lets it; one retrain at a time."""
+        """Run a retrain in this thread and return its result (the command line, benchmarks); it
+        is a job like any other, so the Retrain tab and /retrain_status show it too."""
         self.check_admin(key)
-        if not self._retrain_lock.acquire(blocking=False):
-            since = time.strftime("%H:%M:%S", time.gmtime(self.retrain_started or time.time()))
-            raise UserError(f"A retrain is already running (since {since} UTC); wait for it to finish.")
+        return self._one_retrain(lambda params: self.retrains.run(params, report), threshold, epochs)
+
+    def _one_retrain(self, start, threshold: float | None, epochs: int | None):
+        params = {"threshold": train.RETRAIN["threshold"] if threshold is None else float(threshold),
+                  "epochs": None if epochs is None else int(epochs)}
         try:
-            self.retrain_started = time.time()
-            serving_now = self._predictor
-            current = self.registry.get(serving_now.version)
-            report = report or (lambda f, m: None)
-            try:
-                result, candidate = learning_retrain.run(
-                    self.registry, self.uploads, serving_now,
-                    serving.holdout_metrics(current, serving_now, config.cache_dir()),
-                    threshold if threshold is not None else train.RETRAIN["threshold"], epochs, report)
-            except learning_retrain.NothingToLearn as exc:
-                raise UserError(str(exc)) from None
-            write_json_atomic(config.cache_dir() / f"holdout-{result['version']}.json", result["after"])
-            if result["promoted"]:
-                report(0.95, "switching predictions to the new version")
-                self._serve(candidate)
-            self.hub.push_in_background(result["version"])
-            return result
-        finally:
-            self.retrain_started = None
-            self._retrain_lock.release()
+            return start(params)
+        except Busy as busy:
+            since = busy.job["created"][11:19]
+            raise UserError(f"A retrain is already running (since {since} UTC, job {busy.job['id']}); "
+                            "wait for it to finish.") from None
+
+    def retrain_status(self, job_id: str | None = None) -> dict | None:
+        """A retrain job (the latest when `job_id` is empty): state, phase, progress, and its result
+        or error once it has ended; None before the first retrain."""
+        if not job_id:
+            return self.jobs.latest("retrain")
+        try:
+            return self.jobs.get(str(job_id).strip())
+        except UnknownJob:
+            raise UserError(f"No retrain job {str(job_id)[:64]!r}; ids come from /retrain_start or "
+                            "/retrain_status.") from None
+
+    def wait_for_retrain(self, job_id: str, report=None) -> dict:
+        """The retrain job once it has ended (`report(fraction, phase)` hears its progress)."""
+        return self.retrains.wait(job_id, report)
+
+    def _retrain(self, params: dict, report) -> dict:
+        """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
+        version, and serve it if the promotion rule lets it."""
+        serving_now = self._predictor
+        current = self.registry.get(serving_now.version)
+        try:
+            result, candidate = learning_retrain.run(
+                self.registry, self.uploads, serving_now, serving.holdout_metrics(current, serving_now, config.cache_dir()),
+                params["threshold"], params["epochs"], report)
+        except learning_retrain.NothingToLearn as exc:
+            raise UserError(str(exc)) from None
+        write_json_atomic(config.cache_dir() / f"holdout-{result['version']}.json", result["after"])
+        if result["promoted"]:
+            report(0.95, "switching predictions to the new version")
+            self._serve(candidate)
+        self.hub.push_in_background(result["version"])
+        return result
 
     # --- monitoring ----------------------------------------------------------------------
     def monitoring(self) -> dict:
@@ -296,7 +306,7 @@ class Service:
                      cpu=cpu.info()["model"], precision=cpu.precision(), runtime=runtime.describe(predictor.runtime),
                      tta_levels={str(level): self.batcher.levels[level] for level in range(predictor.tta_level + 1)}
                      if self.batcher else {},
-                     retrain="running" if self.retrain_started else "idle", hub=self.hub.status,
+                     retrain="running" if self.retrains.running else "idle", hub=self.hub.status,
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
             field["alert_message"] = alert_message(field)

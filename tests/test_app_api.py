@@ -1,5 +1,6 @@
 """The real app, started on a free port, driven through every named endpoint with gradio_client."""
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -22,8 +23,8 @@ def save_cifar_image(x, path):
 
 def test_api_lists_every_endpoint(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert {"/predict", "/predict_batch", "/upload", "/retrain", "/rollback", "/versions", "/metrics",
-            "/push"} <= names
+    assert {"/predict", "/predict_batch", "/upload", "/retrain", "/retrain_start", "/retrain_status", "/rollback",
+            "/versions", "/metrics", "/push", "/review_queue", "/label", "/monitoring"} <= names
 
 
 def test_predict_real_test_images(client, test_split, tmp_path):
@@ -105,9 +106,12 @@ def test_upload_retrain_metrics_rollback(client, test_split, tmp_path):
 def test_second_retrain_while_one_runs_is_refused(client):
     examples = sorted((Path(__file__).parent.parent / "assets" / "examples").glob("*.png"))
     client.predict([handle_file(str(f)) for f in examples], api_name="/upload")  # something to train on
-    first = client.submit(0.8, 1, "", api_name="/retrain")
-    import time
-    time.sleep(1.0)
-    with pytest.raises(Exception, match="already running"):
+    first = client.predict(0.8, 1, "", api_name="/retrain_start")  # holds the one retrain slot from its answer on
+    with pytest.raises(Exception, match=f"already running .*job {first['id']}"):
         client.predict(0.8, 1, "", api_name="/retrain")
-    first.result(timeout=600)
+    with pytest.raises(Exception, match="already running"):
+        client.predict(0.8, 1, "", api_name="/retrain_start")
+    while (status := client.predict(first["id"], api_name="/retrain_status"))["state"] in ("queued", "running"):
+        time.sleep(1)
+    assert status["state"] == "done" and status["result"]["version"] in [r[0] for r in client.predict(
+        api_name="/versions")["data"]]

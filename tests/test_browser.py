@@ -176,3 +176,26 @@ def test_review_three_by_click_and_one_by_key(page, tmp_path):
                            timeout=30_000)
     assert "3 of 8" in progress.inner_text()
     shot(page, "review")
+
+
+def test_retrain_tab_follows_a_job_started_elsewhere_through_a_reload(page):
+    """A retrain started through the API shows in the tab of a page opened later, with its progress,
+    and then its verdict and new version, without a click (the tab follows the job's state)."""
+    from gradio_client import Client
+
+    app_url = page.url.split("?")[0]
+    job = Client(app_url, verbose=False).predict(0.98, 1, "", api_name="/retrain_start")
+    page.reload(wait_until="load")
+    page.get_by_role("tab", name="Retrain").click()
+    status = page.locator("#retrain-status")
+    page.wait_for_function(f"() => document.getElementById('retrain-status').innerText.includes('{job['id']}')"
+                           " || /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
+                           timeout=60_000)
+    if "Retraining" in status.inner_text():   # caught while it ran (it usually is): progress in words
+        assert re.search(r"Retraining \(\d+%\)", status.inner_text())
+    page.wait_for_function("() => /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
+                           timeout=400_000)
+    version = re.search(r"New version (\d{8}T\d{6}Z-retrain)", status.inner_text()).group(1)
+    page.wait_for_function(f"() => document.body.innerText.includes('{version}')", timeout=30_000)
+    assert "held-out accuracy" in page.locator("body").inner_text()   # the before/after table
+    shot(page, "retrain_job")

@@ -1,5 +1,6 @@
-"""A process killed during a retrain: after restart the uploads and the registry are intact and
-the previous version is current. Predictions keep flowing while a retrain runs."""
+"""A process killed during a retrain: after restart the uploads and the registry are intact, the
+previous version is current, and the retrain's job says it was interrupted. Predictions keep
+flowing while a retrain runs."""
 import json
 import signal
 import threading
@@ -34,7 +35,8 @@ def test_sigkill_during_retrain_loses_nothing(tmp_path, test_split):
     manifest_before = (home / "uploads" / "manifest.jsonl").read_text()
     state_before = json.loads((home / "models" / "state.json").read_text())
 
-    client.submit(0.5, 3, "", api_name="/retrain")
+    job = client.predict(0.5, 3, "", api_name="/retrain_start")
+    assert job["state"] == "queued" and job["id"]  # answered at once: the retrain runs as a job
     wait_for_log(app, "retrain started")
     # Predictions during the retrain: all succeed.
     failures, done = [], []
@@ -50,9 +52,11 @@ def test_sigkill_during_retrain_loses_nothing(tmp_path, test_split):
     worker.start()
     worker.join(120)
     assert not failures and len(done) == 5
-    time.sleep(1.0)
-    assert "saving the new version" not in app.log.read_text()  # still training: the kill lands mid-retrain
-    app.proc.send_signal(signal.SIGKILL)
+    deadline = time.time() + 120
+    while not (status := client.predict(job["id"], api_name="/retrain_status"))["phase"].startswith("training"):
+        assert status["state"] in ("queued", "running") and time.time() < deadline, status
+        time.sleep(0.2)
+    app.proc.send_signal(signal.SIGKILL)  # mid-training, as the job's own state said
     app.proc.wait()
 
     restarted = AppProcess(home)
@@ -64,5 +68,9 @@ def test_sigkill_during_retrain_loses_nothing(tmp_path, test_split):
         assert not list((home / "models" / "versions").glob(".staging-*"))  # cleaned at start
         label, _ = client.predict(handle_file("assets/examples/dog.png"), api_name="/predict")
         assert label["label"]
+        # The job the kill ended says so, to anyone who asks, instead of "running" forever.
+        status = client.predict(job["id"], api_name="/retrain_status")
+        assert status["state"] == "interrupted" and "stopped while this job was running (training" in status["error"]
+        assert client.predict("", api_name="/retrain_status")["id"] == job["id"]
     finally:
         restarted.stop()

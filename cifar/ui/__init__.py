@@ -13,7 +13,6 @@ import gradio as gr
 from .. import CLASSES
 from ..service import Service
 from . import metrics, monitoring, predict, retrain, review, upload
-from .common import versions_update
 from .review import KEYS_JS
 
 __all__ = ["KEYS_JS", "build"]
@@ -33,11 +32,10 @@ def build(service: Service) -> gr.Blocks:
         monitoring_outputs = monitoring.tab(service)
 
         # Between tabs: a new current version refreshes the versions table and both pickers.
-        retrain.wire(service, retrain_tab, metrics_picker)
+        retrain_opened, retrain_outputs = retrain.wire(service, retrain_tab, metrics_picker)
         review.api(service)
         # Opening the page shows the state now, not the state when the app was built.
         demo.load(functools.partial(monitoring.panel, service), None, monitoring_outputs, api_visibility="private")
-        demo.load(functools.partial(versions_update, service), None,
-                  [retrain_tab.versions.table, retrain_tab.versions.picker, metrics_picker], api_visibility="private")
+        demo.load(retrain_opened, None, retrain_outputs, api_visibility="private")  # the latest job, and versions
         demo.load(functools.partial(upload.stored_plot, service), None, upload_plot, api_visibility="private")
     return demo

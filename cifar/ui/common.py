@@ -21,6 +21,19 @@ def shown(fn):
     return wrapper
 
 
+def versions_table(service: Service) -> list[list]:
+    """One row a version, newest first: id, current, kind, parent, accuracy, images, train s."""
+    current = service.registry.current().id
+    rows = []
+    for version in reversed(service.registry.list()):
+        meta, metrics = version.metadata, version.metrics
+        accuracy = metrics.get("accuracy")
+        rows.append([version.id, "yes" if version.id == current else "", meta.get("kind", ""),
+                     meta.get("parent") or "", round(accuracy, 4) if accuracy is not None else None,
+                     metrics.get("count"), meta.get("train_seconds")])
+    return rows
+
+
 def version_choices(service: Service) -> list[str]:
     """Version ids, newest first, for the dropdowns."""
     return [v.id for v in reversed(service.registry.list())]
@@ -29,7 +42,7 @@ def version_choices(service: Service) -> list[str]:
 def versions_update(service: Service) -> tuple:
     """The versions table and the two dropdowns that pick a version, refreshed."""
     choices = version_choices(service)
-    return service.versions_table(), gr.update(choices=choices), gr.update(choices=choices)
+    return versions_table(service), gr.update(choices=choices), gr.update(choices=choices)
 
 
 def cached_plot(key: str, name: str, draw) -> str:

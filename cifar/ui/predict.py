@@ -1,4 +1,8 @@
 """The Predict tab: one image (file, webcam, clipboard or an example) or many at once."""
+import csv
+import tempfile
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
@@ -20,6 +24,16 @@ def unsure_note(confidences: dict[str, float]) -> str:
 def bars(confidences: dict | None) -> pd.DataFrame:
     confidences = confidences or {}
     return pd.DataFrame({"class": list(CLASSES), "confidence": [confidences.get(c, 0.0) for c in CLASSES]})
+
+
+def with_csv(rows: list[list]) -> tuple[list[list], str]:
+    """The rows, and a CSV file of them to download."""
+    out = Path(tempfile.mkdtemp(prefix="predictions-")) / "predictions.csv"
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "class", "confidence_or_error"])
+        writer.writerows(rows)
+    return rows, str(out)
 
 
 def tab(service: Service) -> None:
@@ -60,4 +74,9 @@ def tab(service: Service) -> None:
                    preprocess=False).then(bars, all_confidences, chart, api_visibility="private")
     image.upload(predict, image, [label, note, all_confidences], api_visibility="private", preprocess=False).then(
         bars, all_confidences, chart, api_visibility="private")
-    classify_many.click(shown(service.predict_files), many, [table, csv_file], api_name="predict_batch")
+    @shown
+    def predict_batch(paths):
+        """Classify many images at once: a row (file, class, confidence or error) for each, and a CSV."""
+        return with_csv(service.predict_files(paths))
+
+    classify_many.click(predict_batch, many, [table, csv_file], api_name="predict_batch")

@@ -10,14 +10,18 @@ from ..service import Service
 from . import versions as versions_panel
 from .common import shown, versions_update
 
+FOLLOW_S = 2  # how often the tab reads a running job's state
+
 
 class Tab(NamedTuple):
     threshold: gr.Slider
     epochs: gr.Slider
     admin_key: gr.Textbox
     button: gr.Button
+    api_button: gr.Button  # hidden: /retrain, which answers when the retrain ends
     summary: gr.Markdown
     before_after: gr.Dataframe
+    follow: gr.Timer       # active while a job runs
     versions: versions_panel.Panel
 
 
@@ -43,6 +47,20 @@ def before_after_rows(result: dict) -> list[list]:
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
+def job_view(job: dict | None, threshold_default: float) -> tuple[str, list[list] | None]:
+    """A retrain job as the tab shows it: its state in words, and the before/after rows once done."""
+    if job is None:
+        return "No retrain has run yet.", None
+    started = (job.get("started") or job["created"])[11:19]
+    if job["state"] in ("queued", "running"):
+        return (f"### Retraining ({job['progress']:.0%}): {job['phase']}\nJob `{job['id']}`, started {started} UTC. "
+                "Predictions are served meanwhile; this page follows the job (a reload shows it too)."), None
+    if job["state"] == "done":
+        return result_text(job["result"], job["params"].get("threshold", threshold_default)), before_after_rows(job["result"])
+    title = "Retrain interrupted" if job["state"] == "interrupted" else "Retrain failed"
+    return f"### {title}\n{job['error']}\n\nJob `{job['id']}`, started {started} UTC.", None
+
+
 def tab(service: Service) -> Tab:
     with gr.Tab("Retrain"):
         gr.Markdown("Fine-tunes the current model on every upload: labeled images keep their labels; unlabeled "
@@ -56,20 +74,77 @@ def tab(service: Service) -> Tab:
             epochs = gr.Slider(1, 10, value=train.RETRAIN["epochs"], step=1, label="Epochs")
             admin_key = gr.Textbox("", label="Admin key", type="password", visible=config.admin_key() is not None)
         button = gr.Button("Retrain on uploads", variant="primary")
-        summary = gr.Markdown(label="Result")
+        api_button = gr.Button(visible=False)
+        summary = gr.Markdown(label="Result", elem_id="retrain-status")
         before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Before and after")
+        follow = gr.Timer(FOLLOW_S, active=False)
         versions = versions_panel.panel(service)
-    return Tab(threshold, epochs, admin_key, button, summary, before_after, versions)
+    return Tab(threshold, epochs, admin_key, button, api_button, summary, before_after, follow, versions)
 
 
-def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> None:
-    """The retrain button and the versions panel (their results refresh the Metrics tab's picker)."""
+def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
+    """The retrain button (it starts a job the tab then follows), /retrain, /retrain_start,
+    /retrain_status and the versions panel; a finished retrain refreshes the versions and the
+    Metrics tab's picker. Returns what the page load runs, and the outputs it fills."""
+    followed = [retrain.summary, retrain.before_after, retrain.versions.table, retrain.versions.picker,
+                metrics_picker, retrain.follow]
+
+    def follow():
+        """The latest job; the versions refreshed and the timer stopped once it has ended."""
+        job = service.retrain_status()
+        text, rows = job_view(job, train.RETRAIN["threshold"])
+        if job is not None and job["state"] in ("queued", "running"):
+            return text, rows, gr.update(), gr.update(), gr.update(), gr.Timer(active=True)
+        return text, rows, *versions_update(service), gr.Timer(active=False)
+
+    def opened():
+        """What the page shows when it opens: the latest job (followed if it runs) and the versions now."""
+        text, rows, *_, timer = follow()
+        return text, rows, *versions_update(service), timer
+
+    @shown
+    def start(threshold, epochs, key):
+        service.start_retrain(threshold, int(epochs), key)
+        return follow()
+
     @shown
     def run(threshold, epochs, key, progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for progress)
-        result = service.retrain(threshold, int(epochs), key, report=lambda f, m: progress(f, desc=m))
-        return (result_text(result, threshold), before_after_rows(result), *versions_update(service))
+        """Retrain on every upload and answer with the result when it ends (minutes). The retrain is a
+        job: if this call's connection drops, it still finishes; /retrain_status shows it."""
+        job = service.start_retrain(threshold, int(epochs), key)
+        job = service.wait_for_retrain(job["id"], report=lambda f, m: progress(f, desc=m))
+        if job["state"] != "done":
+            raise gr.Error(job["error"], print_exception=False)
+        return (result_text(job["result"], threshold), before_after_rows(job["result"]), *versions_update(service))
 
-    retrain.button.click(run, [retrain.threshold, retrain.epochs, retrain.admin_key],
-                         [retrain.summary, retrain.before_after, retrain.versions.table, retrain.versions.picker,
-                          metrics_picker], api_name="retrain")
+    @shown
+    def start_api(threshold: float = train.RETRAIN["threshold"], epochs: int = train.RETRAIN["epochs"],
+                  admin_key: str = "") -> dict:
+        """Start a retrain on every upload and answer at once with its job: {id, state, ...}. Follow
+        it with /retrain_status.
+
+        Args:
+            threshold: pseudo-label confidence threshold (calibrated probability of being right).
+            epochs: epochs of fine-tuning (1-10).
+            admin_key: needed when CIFAR_ADMIN_KEY is set.
+        """
+        return service.start_retrain(threshold, int(epochs), admin_key)
+
+    @shown
+    def status_api(job_id: str = "") -> dict | None:
+        """A retrain job: {id, state (queued, running, done, failed, interrupted), phase, progress,
+        result (with version and promoted) or error}. None before the first retrain.
+
+        Args:
+            job_id: a job id from /retrain_start ("" for the latest).
+        """
+        return service.retrain_status(job_id or None)
+
+    inputs = [retrain.threshold, retrain.epochs, retrain.admin_key]
+    retrain.button.click(start, inputs, followed, api_visibility="private")
+    retrain.follow.tick(follow, None, followed, api_visibility="private")
+    retrain.api_button.click(run, inputs, followed[:-1], api_name="retrain")
+    gr.api(start_api, api_name="retrain_start")
+    gr.api(status_api, api_name="retrain_status")
     versions_panel.wire(service, retrain.versions, retrain.admin_key, metrics_picker)
+    return opened, followed

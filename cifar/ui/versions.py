@@ -4,7 +4,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from ..service import Service
-from .common import shown, version_choices, versions_update
+from .common import shown, version_choices, versions_table, versions_update
 
 HEADERS = ["version", "current", "kind", "parent", "accuracy", "evaluated on", "train s"]
 
@@ -19,7 +19,7 @@ class Panel(NamedTuple):
 
 
 def panel(service: Service) -> Panel:
-    table = gr.Dataframe(service.versions_table(), headers=HEADERS, label="Versions")
+    table = gr.Dataframe(versions_table(service), headers=HEADERS, label="Versions")
     with gr.Row():
         picker = gr.Dropdown(version_choices(service), label="Version", allow_custom_value=True)
         rollback = gr.Button("Roll back / make current")
@@ -41,4 +41,8 @@ def wire(service: Service, versions: Panel, admin_key: gr.Textbox, metrics_picke
     versions.rollback.click(rollback, [versions.picker, admin_key],
                             [versions.message, versions.table, versions.picker, metrics_picker], api_name="rollback")
     versions.push.click(push, [versions.picker, admin_key], versions.message, api_name="push")
-    versions.refresh.click(service.versions_table, None, versions.table, api_name="versions")
+    def table() -> list[list]:
+        """Every version, newest first: id, current, kind, parent, accuracy, images evaluated on, train s."""
+        return versions_table(service)
+
+    versions.refresh.click(table, None, versions.table, api_name="versions")
