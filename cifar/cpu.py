@@ -8,6 +8,8 @@ the app trains and serves in float32. `CIFAR_PRECISION` (float32 or mixed_bfloat
 import functools
 import os
 import platform
+import threading
+from pathlib import Path
 
 from . import config
 
@@ -70,3 +72,31 @@ def describe() -> str:
     cpu = info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # taskset counts
     return f"{cpu['model']} ({' '.join(cpu['flags']) or 'no AVX2'}), {cores} core{'s' * (cores != 1)}: {precision()}"
+
+
+# A retrain and serving share the cores; the scheduler should favour serving. Niceness 10 gives a
+# thread about a tenth of the CPU weight of a normal one (Linux CFS) when both want the cores, and
+# all of it when serving is idle. Raising niceness needs no privilege; lowering it back would, so
+# it is never lowered: TensorFlow's threads only train here (serving runs in OpenVINO's threads).
+TRAINING_NICENESS = 10
+
+
+def yield_to_serving() -> int:
+    """Lower the scheduling priority of the calling thread and of TensorFlow's threads (named
+    `tf_*`) to TRAINING_NICENESS. Call it from the retrain's thread as it starts and as it goes
+    (TensorFlow makes threads as it needs them). Linux only; returns how many threads it lowered."""
+    tasks = Path("/proc/self/task")
+    if not hasattr(os, "setpriority") or not tasks.is_dir():
+        return 0
+    me, lowered = threading.get_native_id(), 0
+    for task in tasks.iterdir():
+        try:
+            tid = int(task.name)
+            if tid != me and not (task / "comm").read_text().startswith("tf_"):
+                continue
+            if os.getpriority(os.PRIO_PROCESS, tid) < TRAINING_NICENESS:
+                os.setpriority(os.PRIO_PROCESS, tid, TRAINING_NICENESS)
+                lowered += 1
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+    return lowered

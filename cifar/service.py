@@ -242,7 +242,9 @@ class Service:
                       key: str | None = None) -> dict:
         """Start a retrain in the background; returns its job (id, state) at once."""
         self.check_admin(key)
-        return self._one_retrain(lambda params: self.retrains.start(params), threshold, epochs)
+        # In the app's process the retrain yields the cores to serving (cpu.yield_to_serving).
+        return self._one_retrain(lambda params: self.retrains.start({**params, "yield_to_serving": True}),
+                                 threshold, epochs)
 
     def retrain(self, threshold: float | None = None, epochs: int | None = None, key: str | None = None,
                 report=None) -> dict:
@@ -279,6 +281,9 @@ class Service:
     def _retrain(self, params: dict, report) -> dict:
         """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
         version, and serve it if the promotion rule lets it."""
+        if params.get("yield_to_serving"):
+            cpu.yield_to_serving()
+            report = self._yielding(report)
         serving_now = self._predictor
         current = self.registry.get(serving_now.version)
         try:
@@ -293,6 +298,14 @@ class Service:
             self._serve(candidate)
         self.hub.push_in_background(result["version"])
         return result
+
+    @staticmethod
+    def _yielding(report):
+        """`report`, lowering the priority of TensorFlow's new threads as the retrain makes them."""
+        def wrapped(fraction: float, phase: str) -> None:
+            cpu.yield_to_serving()
+            report(fraction, phase)
+        return wrapped
 
     # --- monitoring ----------------------------------------------------------------------
     def monitoring(self) -> dict:
