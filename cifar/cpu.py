@@ -100,3 +100,14 @@ def yield_to_serving() -> int:
         except (OSError, ValueError):  # the thread ended meanwhile
             continue
     return lowered
+
+
+def yielding(report):
+    """`report(fraction, phase)`, first yielding the cores (`yield_to_serving`), which it also does
+    now: a retrain reports progress as it goes, and TensorFlow makes new threads as it goes."""
+    yield_to_serving()
+
+    def wrapped(fraction: float, phase: str) -> None:
+        yield_to_serving()
+        report(fraction, phase)
+    return wrapped

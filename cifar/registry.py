@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import CLASSES
+
 MODEL_FILE = "model.keras"
 
 
@@ -52,6 +54,14 @@ class Version:
         folder = Path(path)
         folder = folder.parent if folder.suffix == ".keras" else folder
         return cls(folder.name, folder)
+
+    def training_distribution(self) -> dict[str, int]:
+        """Images per class the version was trained on (an even split where its metadata has only the total)."""
+        per_class = self.metadata.get("train_count_per_class")
+        if per_class:
+            return per_class
+        count = self.metadata.get("train_count", 0)
+        return {c: count // len(CLASSES) for c in CLASSES}
 
     @property
     def model_path(self) -> Path:

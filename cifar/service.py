@@ -196,14 +196,6 @@ class Service:
             return self._predictor.calibration
         return calibration.for_version(version, self.tta_level, config.cache_dir())
 
-    def training_distribution(self, version: Version) -> dict[str, int]:
-        meta = version.metadata
-        per_class = meta.get("train_count_per_class")
-        if per_class:
-            return per_class
-        count = meta.get("train_count", 0)
-        return {c: count // len(CLASSES) for c in CLASSES}
-
     def _serve(self, predictor: Predictor) -> None:
         predictor.warm_up()
         with self._swap_lock:  # requests in flight finish on the old predictor
@@ -282,8 +274,7 @@ class Service:
         """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
         version, and serve it if the promotion rule lets it."""
         if params.get("yield_to_serving"):
-            cpu.yield_to_serving()
-            report = self._yielding(report)
+            report = cpu.yielding(report)
         serving_now = self._predictor
         current = self.registry.get(serving_now.version)
         try:
@@ -299,20 +290,12 @@ class Service:
         self.hub.push_in_background(result["version"])
         return result
 
-    @staticmethod
-    def _yielding(report):
-        """`report`, lowering the priority of TensorFlow's new threads as the retrain makes them."""
-        def wrapped(fraction: float, phase: str) -> None:
-            cpu.yield_to_serving()
-            report(fraction, phase)
-        return wrapped
-
     # --- monitoring ----------------------------------------------------------------------
     def monitoring(self) -> dict:
         """The model in the field as plain numbers (the /monitoring endpoint): the rolling
         window's estimated accuracy against the held-out reference, the alert, the mixes."""
         predictor = self._predictor
-        training = self.training_distribution(self.registry.get(predictor.version))
+        training = self.registry.get(predictor.version).training_distribution()
         total = max(1, sum(training.values()))
         field = self.monitor.field(predictor.calibration, {c: n / total for c, n in training.items()})
         field.update(version=predictor.version, tta_level=predictor.tta_level, uptime_s=round(self.monitor.uptime(), 1),

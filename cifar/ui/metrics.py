@@ -48,7 +48,7 @@ def view(service: Service, version_id: str | None, compare_id: str | None) -> tu
         diagrams[other.id] = service.calibration_of(other)
         compare = comparison_rows(metrics, calib, other.metrics, diagrams[other.id])
     records = service.uploads.records()  # read the manifest once per view
-    distribution = {"training data": service.training_distribution(version), **service.uploads.counts(records)}
+    distribution = {"training data": version.training_distribution(), **service.uploads.counts(records)}
     drawn = {k: v for k, v in diagrams.items() if v}
     confidence = (
         (lambda: evaluate.plot_confidences(calib["confidence_histogram"], "Calibrated confidence on the held-out images"))

@@ -32,7 +32,7 @@ def class_mix_plot(service: Service, report: UploadReport | None = None) -> str 
     records = service.uploads.records()
     if not records:
         return None
-    series = {"training data": service.training_distribution(service.registry.current())}
+    series = {"training data": service.registry.current().training_distribution()}
     if report is not None and report.probabilities is not None and len(report.probabilities):
         predicted = np.bincount(report.probabilities.argmax(axis=1), minlength=len(CLASSES))
         series["this upload, predicted"] = {c: int(predicted[i]) for i, c in enumerate(CLASSES)}
