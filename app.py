@@ -11,6 +11,7 @@ from cifar import config
 from cifar.service import Service
 from cifar.ui import KEYS_JS, build, sessions
 from cifar.ui.common import ASSETS
+from cifar.ui.retrain import status_route
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = build(Service())
+    service = Service()
+    demo = build(service)
     demo.queue(default_concurrency_limit=4)
     sessions.install()  # a new session no longer builds every component's config up front
     sessions.keep_sessions_with_events(demo)  # a retrain's session outlives thousands of one-shot calls
@@ -38,6 +40,7 @@ def main() -> None:
                   allowed_paths=[str(ASSETS), str(config.plots_dir())],
                   blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
     demo.launch(share=args.share, prevent_thread_lock=True, js=KEYS_JS, **launch)
+    demo.server_app.add_api_route("/api/retrain_status", status_route(service), methods=["GET"])
     if args.share:
         # Offline or blocked, Gradio cannot open the tunnel; say so plainly and keep serving locally.
         print(f"Public link: {demo.share_url}" if demo.share_url else

@@ -49,30 +49,38 @@ def locust(host: str, users: int, duration: str, prefix: Path) -> subprocess.Pop
 
 
 class StatusPoller:
-    """/retrain_status every second, timed: the slowest answer and how many there were."""
+    """The retrain's status every second, timed, both ways: GET /api/retrain_status (plain HTTP,
+    outside Gradio's queue) and gradio_client's /retrain_status (through the queue)."""
 
     def __init__(self, host: str):
+        import httpx
         from gradio_client import Client
 
-        self.client, self.latencies, self.errors = Client(host, verbose=False), [], []
+        self.http, self.client = httpx.Client(base_url=host, timeout=30), Client(host, verbose=False)
+        self.latencies: dict[str, list[float]] = {"GET /api/retrain_status": [], "gradio_client /retrain_status": []}
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _timed(self, name: str, call) -> None:
+        started = time.perf_counter()
+        try:
+            call()
+            self.latencies[name].append(time.perf_counter() - started)
+        except Exception as exc:  # counted: the endpoint must answer throughout
+            self.errors.append(f"{name}: {exc!r}"[:200])
+
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            started = time.perf_counter()
-            try:
-                self.client.predict("", api_name="/retrain_status")
-                self.latencies.append(time.perf_counter() - started)
-            except Exception as exc:  # counted: the endpoint must answer throughout
-                self.errors.append(repr(exc)[:200])
+            self._timed("GET /api/retrain_status", lambda: self.http.get("/api/retrain_status").raise_for_status())
+            self._timed("gradio_client /retrain_status", lambda: self.client.predict("", api_name="/retrain_status"))
 
     def stop(self) -> str:
         self._stop.set()
         self._thread.join()
-        worst = max(self.latencies, default=float("nan"))
-        return f"/retrain_status answered {len(self.latencies)} times, slowest {worst:.2f} s, {len(self.errors)} errors"
+        return "; ".join(f"{name} answered {len(times)} times, slowest {max(times, default=float('nan')):.2f} s"
+                         for name, times in self.latencies.items()) + f"; {len(self.errors)} errors"
 
 
 def one_run(args, run: int) -> bool:

@@ -115,3 +115,16 @@ def test_second_retrain_while_one_runs_is_refused(client):
         time.sleep(1)
     assert status["state"] == "done" and status["result"]["version"] in [r[0] for r in client.predict(
         api_name="/versions")["data"]]
+
+
+def test_retrain_status_answers_as_plain_http_too(client, app_server):
+    """GET /api/retrain_status (outside Gradio's queue, for any HTTP client) gives what
+    /retrain_status gives; an unknown job is a 404 with the reason."""
+    import httpx
+
+    plain = httpx.get(f"{app_server.url}/api/retrain_status", timeout=10)
+    assert plain.status_code == 200
+    assert plain.json() == client.predict("", api_name="/retrain_status")
+    missing = httpx.get(f"{app_server.url}/api/retrain_status", params={"job_id": "20260101T000000Z-retrain-abcdef"},
+                        timeout=10)
+    assert missing.status_code == 404 and "No retrain job" in missing.json()["detail"]

@@ -2,11 +2,12 @@
 rule, before-and-after numbers, and the versions panel."""
 from typing import NamedTuple
 
+import fastapi
 import gradio as gr
 
 from .. import config, train
 from ..learning.retrain import PROMOTION_RULE
-from ..service import Service
+from ..service import Service, UserError
 from . import versions as versions_panel
 from .common import shown, versions_update
 
@@ -148,3 +149,15 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
     gr.api(status_api, api_name="retrain_status")
     versions_panel.wire(service, retrain.versions, retrain.admin_key, metrics_picker)
     return opened, followed
+
+
+def status_route(service: Service):
+    """GET /api/retrain_status?job_id=: the same answer as /retrain_status, as plain JSON from a
+    plain HTTP route, outside Gradio's queue: it stays quick while the queue is flooded (a load
+    test, a busy Space), and curl or any HTTP client reads it without Gradio's protocol."""
+    def retrain_status(job_id: str = ""):
+        try:
+            return service.retrain_status(job_id or None)
+        except UserError as exc:
+            raise fastapi.HTTPException(status_code=404, detail=str(exc)) from None
+    return retrain_status
