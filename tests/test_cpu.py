@@ -70,7 +70,7 @@ def test_float32_serving_of_the_bf16_shipped_model_gives_the_same_answers(monkey
 
 
 def test_a_retrain_yields_the_cores_its_thread_and_tensorflows_but_no_other():
-    """cpu.yield_to_serving lowers the priority (niceness 10) of the calling thread and of threads
+    """cpu.yield_to_serving lowers the priority (to TRAINING_NICENESS) of the calling thread and of threads
     named tf_* (TensorFlow's), and leaves every other thread (serving's) as it was."""
     import os
     import threading
