@@ -77,8 +77,9 @@ def describe() -> str:
 # A retrain and serving share the cores; the scheduler should favour serving. Niceness 10 gives a
 # thread about a tenth of the CPU weight of a normal one (Linux CFS) when both want the cores, and
 # all of it when serving is idle. Serving kept 54-57% of its predictions/s during a retrain at
-# niceness 0, 57-60% at 10, 56% at 19 (loadtest/retrain_under_load.py, AMX Xeon, RESULTS.md). Raising niceness needs no privilege; lowering it back would, so
-# it is never lowered: TensorFlow's threads only train here (serving runs in OpenVINO's threads).
+# niceness 0, 57-60% at 10, 56% at 19 (loadtest/retrain_under_load.py, AMX Xeon, RESULTS.md).
+# Raising niceness needs no privilege; lowering it back would, so it is never lowered: TensorFlow's
+# threads only train here (serving runs in OpenVINO's threads).
 TRAINING_NICENESS = 10
 
 
