@@ -45,7 +45,8 @@ class JobStore:
         job_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{kind}-{uuid.uuid4().hex[:6]}"
         job = {"id": job_id, "kind": kind, "state": "queued", "created": _now(), "started": None, "ended": None,
                "params": params, "phase": "queued", "progress": 0.0, "result": None, "error": None}
-        self._write(job)
+        with self._lock:
+            self._write(job)
         return dict(job)
 
     def update(self, job_id: str, **fields) -> dict:
@@ -55,7 +56,7 @@ class JobStore:
                 job["started"] = _now()
             if fields.get("state") in ENDED:
                 job["ended"] = _now()
-            self._write_locked(job)
+            self._write(job)
         return dict(job)
 
     def get(self, job_id: str) -> dict:
@@ -88,10 +89,7 @@ class JobStore:
             raise UnknownJob(job_id) from None
 
     def _write(self, job: dict) -> None:
-        with self._lock:
-            self._write_locked(job)
-
-    def _write_locked(self, job: dict) -> None:
+        """Under the store's lock: the file, atomically, and this process's copy."""
         write_json_atomic(self._path(job["id"]), job)
         self._cache[job["id"]] = job
 

@@ -6,6 +6,7 @@ import fastapi
 import gradio as gr
 
 from .. import config, train
+from ..jobs import ACTIVE
 from ..learning.retrain import PROMOTION_RULE
 from ..service import Service, UserError
 from . import versions as versions_panel
@@ -48,16 +49,16 @@ def before_after_rows(result: dict) -> list[list]:
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
-def job_view(job: dict | None, threshold_default: float) -> tuple[str, list[list] | None]:
+def job_view(job: dict | None) -> tuple[str, list[list] | None]:
     """A retrain job as the tab shows it: its state in words, and the before/after rows once done."""
     if job is None:
         return "No retrain has run yet.", None
     started = (job.get("started") or job["created"])[11:19]
-    if job["state"] in ("queued", "running"):
+    if job["state"] in ACTIVE:
         return (f"### Retraining ({job['progress']:.0%}): {job['phase']}\nJob `{job['id']}`, started {started} UTC. "
                 "Predictions are served meanwhile; this page follows the job (a reload shows it too)."), None
     if job["state"] == "done":
-        return result_text(job["result"], job["params"].get("threshold", threshold_default)), before_after_rows(job["result"])
+        return result_text(job["result"], job["params"]["threshold"]), before_after_rows(job["result"])
     title = "Retrain interrupted" if job["state"] == "interrupted" else "Retrain failed"
     return f"### {title}\n{job['error']}\n\nJob `{job['id']}`, started {started} UTC.", None
 
@@ -93,8 +94,8 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
     def follow():
         """The latest job; the versions refreshed and the timer stopped once it has ended."""
         job = service.retrain_status()
-        text, rows = job_view(job, train.RETRAIN["threshold"])
-        if job is not None and job["state"] in ("queued", "running"):
+        text, rows = job_view(job)
+        if job is not None and job["state"] in ACTIVE:
             return text, rows, gr.update(), gr.update(), gr.update(), gr.Timer(active=True)
         return text, rows, *versions_update(service), gr.Timer(active=False)
 
