@@ -1,5 +1,5 @@
-"""Command line: python -m cifar COMMAND (train, evaluate, calibrate, convert, versions, promote,
-rollback, push, pull, and the bench-* commands of cifar.benchmarks).
+"""Command line: python -m cifar COMMAND (get-data, train, evaluate, calibrate, convert, versions,
+promote, rollback, push, pull, and the bench-* commands of cifar.benchmarks).
 
 Each command imports the heavy modules (TensorFlow, OpenVINO, the Hub client) when it runs, for
 start-up time: `versions` or `--help` answers without loading TensorFlow.
@@ -120,6 +120,25 @@ def _registry(args):
     return reg
 
 
+def cmd_get_data(args) -> None:
+    import socket
+
+    from . import data
+
+    target = Path(args.out or config.dataset_dir()).resolve()  # where the tests and training look
+    if (target / "test").is_dir() and (target / "train").is_dir():
+        print(f"CIFAR-10 is already at {target}")
+        return
+    socket.setdefaulttimeout(60)  # offline, fail within a minute instead of hanging
+    print("downloading the official CIFAR-10 release (163 MB) through keras.datasets ...", flush=True)
+    try:
+        data.write_official(target)
+    except Exception as exc:  # no network, a proxy, a full disk: say which, and what else works
+        sys.exit(f"error: could not get CIFAR-10 ({exc.__class__.__name__}: {exc}). Without internet, point "
+                 "CIFAR_DATA at a folder laid out as train/<class>/*.png and test/<class>/*.png.")
+    print(f"CIFAR-10 written to {target} (60,000 PNGs)")
+
+
 def cmd_versions(args) -> None:
     reg = _registry(args)
     current = reg.current().id if reg.list() else None
@@ -161,6 +180,9 @@ def cmd_pull(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cifar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("get-data", help="download the official CIFAR-10 into a folder (tests and training use it)")
+    p.add_argument("--out", default=None, help="folder to write (default: CIFAR_DATA, else ./datasets/cifar10)")
+    p.set_defaults(run=cmd_get_data)
     p = commands.add_parser("train", help="train the shipped architecture from scratch")
     p.add_argument("--data", default=None, help='CIFAR-10 folder, or "official" for the Keras download')
     p.add_argument("--out", default=None, help="registry folder that receives the new version")
@@ -199,9 +221,9 @@ def main(argv=None) -> None:
             p.add_argument("--revision", default=None, help="version tag (default: the newest)")
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
-    if getattr(args, "data", "x") is None:
+    if getattr(args, "data", "x") is None:  # train, evaluate, the bench-* commands
         args.data = str(config.dataset_dir())
-    if getattr(args, "out", "x") is None:
+    if args.command == "train" and args.out is None:
         args.out = str(config.registry_dir())
     try:
         args.run(args)

@@ -4,13 +4,15 @@ imports nothing of the package).
 | variable            | default            | meaning                                                  |
 |---------------------|--------------------|----------------------------------------------------------|
 | CIFAR_HOME          | ./data (/data on a Space with persistent storage) | all state the app writes: uploads, model versions, logs  |
-| CIFAR_DATA          | ../shared/cifar10  | CIFAR-10 folder used for training and evaluation         |
+| CIFAR_DATA          | ../shared/cifar10, else ./datasets/cifar10 | CIFAR-10 folder for training, evaluation and tests (`python -m cifar get-data` fills the second) |
 | CIFAR_SHIPPED       | ./models           | the model versions shipped with the code (read-only)      |
 | CIFAR_ADMIN_KEY     | (unset)            | when set, retrain/rollback/push/review/label require it  |
 | CIFAR_FROM_HUB      | (unset)            | "1": start from the newest version pushed to HF_REPO_ID  |
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
 | CIFAR_TTA           | (by the CPU)       | test-time views: 0 none, 1 flip, 2 flip + shifts (6); 2 with AVX-512, 1 on AVX2-only CPUs |
 | CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
+| CIFAR_MIN_AGREEMENT | 0.985              | share of held-out answers an OpenVINO model must share with Keras to serve |
+| ONEDNN_MAX_CPU_ISA  | (unset)            | oneDNN's instruction-set cap; the app treats the CPU as having no more (read by cifar.cpu) |
 | CIFAR_TTA_BUDGET_S  | 0.25               | queued work (s) above which the batcher serves fewer views |
 | CIFAR_MONITORING_REFRESH_S | 5           | how often an open Monitoring tab refreshes itself        |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
@@ -34,8 +36,14 @@ def home() -> Path:
     return path
 
 
+SHARED_DATASET = ROOT.parent / "shared" / "cifar10"
+DOWNLOADED_DATASET = ROOT / "datasets" / "cifar10"  # where `python -m cifar get-data` writes
+
+
 def dataset_dir() -> Path:
-    return _path("CIFAR_DATA", ROOT.parent / "shared" / "cifar10")
+    """CIFAR_DATA; else the shared copy beside the repository where there is one; else the folder
+    that `python -m cifar get-data` fills."""
+    return _path("CIFAR_DATA", SHARED_DATASET if SHARED_DATASET.is_dir() else DOWNLOADED_DATASET)
 
 
 def shipped_models_dir() -> Path:
@@ -98,6 +106,17 @@ def monitoring_refresh_seconds() -> float:
 def tta_wait_budget() -> float:
     """CIFAR_TTA_BUDGET_S: the queue's work, in seconds, above which the batcher serves fewer views."""
     return float(os.environ.get("CIFAR_TTA_BUDGET_S", "0.25"))
+
+
+def min_agreement() -> float:
+    """CIFAR_MIN_AGREEMENT: how many of Keras' answers on the held-out images a converted model
+    must give to serve (0.985 unless set; 1.0 serves only an exact match)."""
+    return float(os.environ.get("CIFAR_MIN_AGREEMENT") or 0.985)
+
+
+def onednn_isa_cap() -> str:
+    """ONEDNN_MAX_CPU_ISA as oneDNN reads it (upper case), or "" when unset."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
 
 
 def precision_override() -> str:

@@ -30,13 +30,38 @@ def parse_cpuinfo(text: str) -> dict:
     return {"model": model, "flags": [f for f in RELEVANT if f in flags]}
 
 
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) -> the flags it leaves usable. Used to try the app as an
+# older CPU would run it: with AVX2 bf16 convolutions fail in TensorFlow, so the precision must follow.
+ISA_CAPS = {"SSE41": (), "AVX": (), "AVX2": ("avx2", "fma"), "AVX2_VNNI": ("avx2", "fma"),
+            "AVX512_CORE": ("avx2", "fma", "avx512f"),
+            "AVX512_CORE_VNNI": ("avx2", "fma", "avx512f", "avx512_vnni"),
+            "AVX512_CORE_BF16": ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")}
+
+
+def capped(cpu: dict, cap: str) -> dict:
+    """`cpu` (a `parse_cpuinfo` result) as oneDNN sees it under ONEDNN_MAX_CPU_ISA=`cap`; an
+    unknown or empty cap (or one above the CPU, e.g. AVX512_CORE_AMX) leaves it as it is."""
+    allowed = ISA_CAPS.get(cap)
+    return cpu if allowed is None else {**cpu, "flags": [f for f in cpu["flags"] if f in allowed]}
+
+
+def isa_capped() -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA hides some of this CPU's flags."""
+    return info()["flags"] != _uncapped()["flags"]
+
+
 @functools.cache
-def info() -> dict:
+def _uncapped() -> dict:
     try:
         with open("/proc/cpuinfo") as handle:
             return parse_cpuinfo(handle.read())
     except OSError:  # not Linux: assume nothing
         return {"model": platform.processor() or platform.machine(), "flags": []}
+
+
+def info() -> dict:
+    """This CPU's model and relevant flags, less what ONEDNN_MAX_CPU_ISA hides."""
+    return capped(_uncapped(), config.onednn_isa_cap())
 
 
 def precision(cpu: dict | None = None) -> str:

@@ -72,6 +72,24 @@ def load_official(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.uint8), y.reshape(-1).astype(np.int64)
 
 
+def write_official(target) -> Path:
+    """Download the official release (keras.datasets) and write it as this module's folder layout,
+    lossless PNGs: `target/{train,test}/<class>/NNNNN.png`. Written to a temporary folder first, so
+    an interrupted download leaves no half dataset behind."""
+    from PIL import Image
+
+    target = Path(target).resolve()
+    partial = target.with_name(target.name + ".partial")
+    for split in ("train", "test"):
+        x, y = load_official(split)
+        for name in CLASSES:
+            (partial / split / name).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(x, y)):
+            Image.fromarray(image).save(partial / split / CLASSES[label] / f"{i:05d}.png")
+    partial.replace(target)
+    return target
+
+
 def load(source, split: str) -> tuple[np.ndarray, np.ndarray]:
     """`source` is a folder path, or "official" for the Keras download."""
     if str(source) == "official":

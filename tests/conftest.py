@@ -11,12 +11,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CIFAR_TTA", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("CIFAR_DATA", ROOT.parent / "shared" / "cifar10"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
 from run import App  # noqa: E402  (one way to start the app, shared with the load test)
+
+from cifar import config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -29,17 +30,22 @@ def isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def cifar_data() -> Path:
-    if not (DATA / "test").is_dir():
-        pytest.skip(f"CIFAR-10 folder not found at {DATA}")
-    return DATA
+    """The CIFAR-10 folder; a test that needs it fails (never skips) where there is none."""
+    folder = config.dataset_dir()
+    if not (folder / "test").is_dir():
+        pytest.fail(f"CIFAR-10 not found at {folder}: run `python -m cifar get-data` (downloads the official "
+                    "release) or set CIFAR_DATA to a folder laid out as test/<class>/*.png", pytrace=False)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def test_split(cifar_data, tmp_path_factory):
+    """The 10,000 test images, decoded once (the decoded cache in a home of its own)."""
     from cifar import data
 
-    os.environ["CIFAR_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
-    return data.load_folder(cifar_data, "test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFAR_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        return data.load_folder(cifar_data, "test")
 
 
 class AppProcess(App):

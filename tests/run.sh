@@ -19,6 +19,10 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+# The tests read CIFAR-10 from CIFAR_DATA or ../shared/cifar10; a fresh clone elsewhere downloads it
+# once (needs internet; offline, this stops with what to do instead).
+python3 -m cifar get-data
+
 ruff check .
 lint-imports
 hadolint --ignore DL3008 Dockerfile

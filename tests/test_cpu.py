@@ -108,3 +108,23 @@ def test_a_retrain_yields_the_cores_its_thread_and_tensorflows_but_no_other():
         done.set()
         for helper in helpers:
             helper.join()
+
+
+def test_a_onednn_cap_is_read_as_an_older_cpu(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on the AMX Xeon: the app must choose as on an AVX2-only CPU (float32,
+    flip only), since TensorFlow's bf16 convolutions fail under that cap; OpenVINO is left off
+    (its CPU plugin crashes under a cap) and the reason is what the runtime reports."""
+    from cifar import runtime
+
+    xeon = cpu.parse_cpuinfo(XEON_AMX)
+    assert cpu.capped(xeon, "AVX2")["flags"] == ["avx2", "fma"]
+    assert cpu.capped(xeon, "AVX512_CORE")["flags"] == ["avx2", "fma", "avx512f"]
+    assert cpu.capped(xeon, "") == xeon and cpu.capped(xeon, "AVX512_CORE_AMX") == xeon
+    monkeypatch.setattr(cpu, "_uncapped", lambda: xeon)
+    monkeypatch.delenv("CIFAR_PRECISION", raising=False)
+    monkeypatch.delenv("CIFAR_TTA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN reads it in any case
+    assert cpu.isa_capped() and cpu.precision() == "float32" and cpu.tta_level() == 1
+    assert runtime.available() is None and "ONEDNN_MAX_CPU_ISA" in runtime.unavailable()["why"]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert not cpu.isa_capped() and cpu.precision() == "mixed_bfloat16" and cpu.tta_level() == 2

@@ -10,8 +10,8 @@ from cifar import config, data, model as net, predict, registry, runtime, servin
 
 
 @pytest.fixture(scope="module")
-def tiny_model(test_split):
-    x, y = test_split
+def tiny_model():
+    x, y = data.load_npz(data.replay_path())  # 3,000 training images the repository ships
     picks = data.balanced_subset(y, 100, seed=0)
     return train.train_from_scratch(x[picks], y[picks], epochs=8, widths=(32, 64, 64), seed=0).model
 
@@ -22,28 +22,34 @@ def _shipped_copy(tmp_path) -> registry.Version:
     return registry.Version(shipped.id, tmp_path / shipped.id)
 
 
-def test_a_tiny_model_converts_and_the_check_decides_what_serves(tiny_model, tmp_path):
+def test_the_check_rule_by_hand(monkeypatch):
+    """Agreement with Keras at least CIFAR_MIN_AGREEMENT (98.5%), accuracy at most 0.3 point below."""
+    case = lambda agreement, accuracy: runtime.verdict({"agreement": agreement, "accuracy": accuracy,
+                                                        "keras_accuracy": 0.900, "count": 2000})["passed"]
+    assert case(0.985, 0.8975) and case(1.0, 0.95)
+    assert not case(0.984, 0.900)            # too many answers differ
+    assert not case(0.999, 0.896)            # 0.4 point less accurate
+    assert "needs 98.5%" in runtime.verdict({"agreement": 0.9, "accuracy": 0.9, "keras_accuracy": 0.9})["why"]
+    monkeypatch.setenv("CIFAR_MIN_AGREEMENT", "0.999")
+    assert not case(0.998, 0.900) and case(0.999, 0.900)
+
+
+def test_the_first_precision_that_passes_is_kept_and_served_as_checked(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_MIN_AGREEMENT", "0")  # every precision passes: int8, tried first, is kept
+    monkeypatch.setattr(runtime, "MAX_ACCURACY_DROP", 1.0)
     report = runtime.build(tiny_model, tmp_path, tta_level=1)
-    assert list(report["tried"])[0] == "int8"
-    for result in report["tried"].values():  # the verdict follows the two rules, nothing else
-        assert result["passed"] == (result["agreement"] >= runtime.MIN_AGREEMENT and
-                                    result["accuracy"] >= result["keras_accuracy"] - runtime.MAX_ACCURACY_DROP)
-    passing = [p for p, r in report["tried"].items() if r["passed"]]
-    keras_predictor = predict.Predictor(tiny_model, tta_level=1)
+    assert list(report["tried"]) == ["int8"] and report["precision"] == "int8" and report["passed"]
     network, status = runtime.load(tmp_path, tiny_model, 1)
-    if not passing:  # a barely trained net has near ties that int8 (and bf16) flip: Keras serves
-        assert network is None and not (tmp_path / runtime.FOLDER / "model.xml").exists()
-        assert "no OpenVINO model passed the check" in runtime.describe(status)
-        return
-    assert report["precision"] == passing[0] and status["precision"] == passing[0]
+    assert isinstance(network, runtime.OpenVINONetwork) and status["precision"] == "int8"
     x, y = data.holdout()
     served = predict.Predictor(tiny_model, tta_level=1, network=network).logits(x).argmax(1)
+    keras_answers = predict.Predictor(tiny_model, tta_level=1).logits(x).argmax(1)
     assert (served == y).mean() == pytest.approx(report["accuracy"], abs=1e-6)
-    assert (served == keras_predictor.logits(x).argmax(1)).mean() >= runtime.MIN_AGREEMENT
+    assert (served == keras_answers).mean() == pytest.approx(report["agreement"], abs=0.002)
 
 
 def test_when_no_precision_passes_keras_serves_and_says_why(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "MIN_AGREEMENT", 1.01)  # an impossible bar
+    monkeypatch.setenv("CIFAR_MIN_AGREEMENT", "1.01")  # an impossible bar
     report = runtime.build(tiny_model, tmp_path, tta_level=1)
     assert not report["passed"] and set(report["tried"]) == {"int8", "float"}
     assert not (tmp_path / runtime.FOLDER / "model.bin").exists()
@@ -51,10 +57,12 @@ def test_when_no_precision_passes_keras_serves_and_says_why(tiny_model, tmp_path
     assert network is None and "same answers as Keras (needs 101.0%)" in runtime.describe(status)
 
 
-def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
+def test_the_shipped_version_serves_the_runtime_that_passed_here_and_agrees_with_keras(tmp_path):
     version = _shipped_copy(tmp_path)
     served = serving.load_predictor(version, 2, cache_dir=tmp_path / "cache")
-    assert isinstance(served.network, runtime.OpenVINONetwork) and served.runtime["precision"] == "int8"
+    # int8 where its kernels agree on this CPU, else a float model made here: either passed its check.
+    assert isinstance(served.network, runtime.OpenVINONetwork) and served.runtime["passed"]
+    assert runtime.describe(served.runtime).startswith(f"OpenVINO {served.network.precision} (")
     keras_only = predict.Predictor.load(version.model_path)
     x, _ = data.holdout()
     agree = (served.logits(x[::10]).argmax(1) == keras_only.logits(x[::10]).argmax(1)).mean()
@@ -63,6 +71,24 @@ def test_the_shipped_version_serves_int8_that_agrees_with_keras(tmp_path):
     stored = runtime.stored_keras_answers(version.path, served.tta_level)
     assert (stored[::10] == keras_only.logits(x[::10]).argmax(1)).mean() >= 0.99
     assert runtime.stored_keras_answers(version.path, tta_level=0) is None  # stored at another level: not used
+
+
+def test_a_stricter_bar_at_start_replaces_a_stored_check_that_no_longer_passes(tmp_path, monkeypatch):
+    """The shipped int8 model agrees with Keras on 99.25% of the held-out images (its runtime.json);
+    asked for 99.9%, it fails at start even on the CPU it was checked on, and what serves instead
+    (a float model made here, or Keras) is the one whose own check passed, with the reason."""
+    version = _shipped_copy(tmp_path)
+    stored = json.loads((version.path / runtime.FOLDER / "runtime.json").read_text())
+    assert stored["precision"] == "int8" and stored["agreement"] < 0.999
+    monkeypatch.setenv("CIFAR_MIN_AGREEMENT", "0.999")
+    served = serving.load_predictor(version, 2, cache_dir=tmp_path / "cache")
+    shown = runtime.describe(served.runtime)
+    assert "the OpenVINO int8 model failed its check on this machine" in shown and "needs 99.9%" in shown
+    float_check = json.loads(next((tmp_path / "cache").glob("runtime-float-*/openvino/runtime.json")).read_text())
+    if float_check["passed"]:
+        assert served.network.precision == "float" and shown.startswith("OpenVINO float (")
+    else:
+        assert served.network is None and shown.startswith("Keras: ")
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # NNCF's statistics of the wrecked net

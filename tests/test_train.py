@@ -4,6 +4,7 @@ import types
 
 import keras
 import numpy as np
+import pytest
 
 from cifar import data, model as net, predict, registry, train, versions
 from cifar.learning.pseudo_labels import pseudo_labels
@@ -126,30 +127,34 @@ def test_lookahead_moves_weights_to_their_average_every_few_steps_and_ends_on_it
     lookahead = train.Lookahead(total_steps=10)
     lookahead.set_model(model)
     lookahead.on_train_begin()                      # the average starts at 0
-    every, base, power = net.HYP["lookahead"]
-    assert every == 5
+    assert net.HYP["lookahead"] == (5, 0.95, 3.0)   # every 5 steps; decay 0.95^5 x (t/T)^3
     kernel.assign([[1.0]])
     for step in range(4):
         lookahead.on_train_batch_end(step)
     assert kernel.numpy()[0, 0] == 1.0              # between pulls the weights train freely
     lookahead.on_train_batch_end(4)                 # step 5 of 10: pulled to the average
-    decay = base ** 5 * 0.5 ** power
-    np.testing.assert_allclose(kernel.numpy()[0, 0], 1 - decay, rtol=1e-6)
+    # By hand: decay 0.95^5 x (5/10)^3 = 0.7737809375 x 0.125 = 0.0967226171875; the average was 0,
+    # the weight 1: 0.0967226 x 0 + (1 - 0.0967226) x 1.
+    np.testing.assert_allclose(kernel.numpy()[0, 0], 0.9032773828125, rtol=1e-6)
     lookahead.on_train_begin()                      # a new epoch keeps the average
     kernel.assign([[2.0]])
     for step in range(5):
         lookahead.on_train_batch_end(step)
-    np.testing.assert_allclose(kernel.numpy()[0, 0], 1 - decay, rtol=1e-6)  # last step: the average itself
+    np.testing.assert_allclose(kernel.numpy()[0, 0], 0.9032773828125, rtol=1e-6)  # last step: the average itself
 
 
 def test_the_time_box_follows_the_recipe_schedule_and_stops_at_its_budget(test_split):
     """On a fast CPU the time box is the step schedule itself; on a slow one (here: a budget far
     below what the steps need) training ends early, at the schedule's last learning rate."""
+    assert net.HYP["schedule"] == (0.2, 0.23, 0.07)  # x peak: 0.2 at the start, 1 at 23% of the steps, 0.07 at the end
     schedule = net.TriangleSchedule(1.0, 100, *net.HYP["schedule"])
     box = train.TimeBox(100, None, 1.0)
-    for step in (0, 10, 23, 50, 99):
+    # By hand: step 10 is 0.2 + 0.8 x 0.10/0.23 = 0.547826 up the warm-up; step 50 is
+    # 1 - 0.93 x (0.50-0.23)/(1-0.23) = 0.673896 down the decay.
+    for step, expected in ((0, 0.2), (10, 0.547826), (23, 1.0), (50, 0.673896), (100, 0.07)):
         box.steps = step
-        assert abs(box.learning_rate(box.progress()) - float(schedule(step))) < 1e-6
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-6)
+        assert box.learning_rate(box.progress()) == pytest.approx(expected, abs=1e-6)
 
     # With 7 s of a 10-s budget spent, a 4-s step would end past it: stop now, not one step late.
     box, state = train.TimeBox(100, 10.0, 1.0), types.SimpleNamespace(stop_training=False, optimizer=types.SimpleNamespace())
