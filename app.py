@@ -20,7 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", default=os.environ.get("GRADIO_SHARE", "").lower() == "true")
     parser.add_argument("--mcp", action="store_true", default=os.environ.get("GRADIO_MCP_SERVER", "").lower() == "true",
-                        help="also serve prediction as an MCP tool")
+                        help="also serve the API as MCP tools (admin actions still need the admin key)")
     return parser.parse_args(argv)
 
 

@@ -55,9 +55,10 @@ class AppProcess(App):
         super().__init__(env, home=home)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    """The real app on a free port, started once for the session, on the shipped model."""
+    """The real app on a free port, on the shipped model: one per test module, so no module's
+    uploads, labels or versions reach another's."""
     home = tmp_path_factory.mktemp("app") / "home"
     app = AppProcess(home)
     yield app

@@ -1,5 +1,6 @@
 """The micro-batcher gathers concurrent requests into shared network calls, each caller keeping
 its own result, and an error reaches only the calls of its batch; the worker survives it."""
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,14 +27,37 @@ class SlowEcho:
         return x[:, 0, 0, :1].astype(np.float32)
 
 
-def test_concurrent_requests_share_calls_and_keep_their_results():
-    model = SlowEcho()
+class GatedEcho(SlowEcho):
+    """The first call waits at a gate until the test opens it: meanwhile requests pile up."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.entered, self.first_batch = threading.Event(), threading.Event(), 0
+
+    def predict_arrays(self, x, level=None):
+        if not self.entered.is_set():
+            self.first_batch = len(x)
+            self.entered.set()
+        self.gate.wait(60)
+        return super().predict_arrays(x, level)
+
+
+def test_requests_that_queue_during_a_call_share_the_next_ones_and_keep_their_results():
+    model = GatedEcho()
     batcher = MicroBatcher(lambda: model, max_batch=32)
     images = [np.full((32, 32, 3), i, np.uint8) for i in range(64)]
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(batcher.predict, images))
-    assert [int(r[0]) for r in results] == list(range(64))
-    assert len(model.calls) < 32 and max(model.calls) > 1 and sum(model.calls) == 64
+    with ThreadPoolExecutor(64) as pool:
+        futures = [pool.submit(batcher.predict, image) for image in images]
+        assert model.entered.wait(30)                      # the first batch is in the network
+        deadline = time.time() + 30
+        while batcher._queue.qsize() < 64 - model.first_batch and time.time() < deadline:
+            time.sleep(0.01)                               # the rest arrive while it runs
+        first = batcher._queue.qsize()
+        model.gate.set()
+        results = [f.result(60) for f in futures]
+    assert [int(r[0]) for r in results] == list(range(64))  # each caller its own answer
+    assert sum(model.calls) == 64 and first == 64 - model.calls[0]
+    assert model.calls[1:] == [32] * (first // 32) + ([first % 32] if first % 32 else [])  # full batches after
 
 
 def test_an_error_reaches_its_callers_and_the_worker_lives_on():

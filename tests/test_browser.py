@@ -2,6 +2,7 @@
 example and an uploaded picture and reads the ten bars, opens every tab and checks what each
 shows (not only that it exists), and saves a screenshot of each tab (assets/screenshots/ holds
 the README's copies)."""
+import json
 import re
 import shutil
 import time
@@ -187,6 +188,18 @@ def test_review_three_by_click_and_one_by_key(page, tmp_path):
     page.wait_for_function("() => document.getElementById('review-progress').innerText.includes('3 of 8')",
                            timeout=30_000)
     assert "3 of 8" in progress.inner_text()
+    shown = lambda: page.locator("#review-image img").get_attribute("src")
+    skipped = shown()
+    page.keyboard.press("s")                                # skip: another picture, nothing labeled
+    page.wait_for_function(f"() => (document.querySelector('#review-image img') || {{}}).src !== {json.dumps(skipped)}"
+                           f" && !(document.querySelector('#review-image img') || {{}}).src.endsWith('undefined')",
+                           timeout=30_000)
+    assert "3 of 8" in progress.inner_text()
+    page.keyboard.press("n")                                # none of the ten classes
+    page.wait_for_function("() => document.getElementById('review-progress').innerText.includes('4 of 8')",
+                           timeout=30_000)
+    assert "marked as none of the ten classes" in page.locator("#review-message").inner_text()
+    assert shown() != skipped                               # the skipped one is not asked again at once
     shot(page, "review")
 
 

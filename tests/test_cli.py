@@ -52,6 +52,13 @@ def test_versions_and_push_work_on_a_fresh_home_and_keras_alone_loads_the_push(t
                                    str(tmp_path / "pixels.npy")], cwd=tmp_path, capture_output=True, text=True,
                                   env={**os.environ, **hub_env, "PYTHONPATH": ""}, timeout=600)
         assert isolated.returncode == 0, isolated.stderr[-3000:]
+        # And back: `pull` into an empty registry gets the same files.
+        pulled = cli("pull", "--registry", str(tmp_path / "elsewhere"), env=hub_env)
+        assert pulled.returncode == 0 and f"pulled {shipped.id}" in pulled.stdout, pulled.stderr[-2000:]
+        copy = tmp_path / "elsewhere" / "versions" / shipped.id
+        assert (copy / "model.keras").read_bytes() == shipped.model_path.read_bytes()
+        missing = cli("pull", "--registry", str(tmp_path / "nowhere"), "--revision", "no-such-version", env=hub_env)
+        assert missing.returncode != 0 and "no-such-version" in missing.stderr and TOKEN not in missing.stderr
     finally:
         server.stop()
     remote = np.load(tmp_path / "logits.npy")
@@ -80,4 +87,55 @@ def test_convert_makes_the_checked_runtime_of_a_version_and_never_overwrites_it(
     for precision, result in tried.items():
         assert f"  {precision}: {result['agreement']:.2%} same answers as Keras" in made.stdout
     again = cli("convert", "--model", str(folder))
+    assert again.returncode != 0 and "versions are immutable" in again.stderr
+
+
+def tiny_dataset(root):
+    """A CIFAR-10 folder of 200 training images (the repository's replay samples) and 200 test
+    images (held-out ones), laid out as the real one: train|test/<class>/N.png."""
+    from PIL import Image
+
+    from cifar import CLASSES
+
+    for split, (x, y) in (("train", data.load_npz(data.replay_path())), ("test", data.holdout())):
+        for n, i in enumerate(data.balanced_subset(y, 20, seed=0)):
+            folder = root / split / CLASSES[y[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(folder / f"{n}.png")
+    return root
+
+
+def test_train_evaluate_calibrate_promote_and_rollback_from_the_command_line(tmp_path):
+    import shutil
+
+    folder, registry = tiny_dataset(tmp_path / "cifar"), tmp_path / "registry"
+    reg = Registry(registry)
+    reg.seed_from(config.shipped_models_dir())
+    shipped = reg.current().id
+    trained = cli("train", "--data", str(folder), "--out", str(registry), "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "training on 200 images" in trained.stdout and "calibrated: temperature" in trained.stdout
+    new = trained.stdout.split("saved version ")[1].split()[0]
+    assert Registry(registry).current().id == new != shipped                 # trained and made current
+
+    assert cli("rollback", "--registry", str(registry)).stdout.strip() == f"current: {shipped}"
+    assert cli("promote", "--registry", str(registry), new).stdout.strip() == f"current: {new}"
+    wrong = cli("promote", "--registry", str(registry), "no-such-version")
+    assert wrong.returncode != 0 and "no-such-version" in wrong.stderr
+
+    version = Registry(registry).get(new)
+    evaluated = cli("evaluate", "--model", str(version.path), "--data", str(folder), "--tta", "0")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((version.path / "evaluation.json").read_text())
+    assert report["count"] == 200 and f"accuracy {report['accuracy']:.4f} on 200 images" in evaluated.stdout
+    assert sum(row["support"] for row in report["per_class"].values()) == 200
+    assert (version.path / "eval_confusion.png").stat().st_size > 5_000
+
+    bare = tmp_path / "bare" / new                     # a version from before calibration existed
+    shutil.copytree(version.path, bare, ignore=shutil.ignore_patterns("calibration.json"))
+    calibrated = cli("calibrate", "--model", str(bare))
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    fitted = json.loads((bare / "calibration.json").read_text())
+    assert fitted["temperature"] > 0 and f"temperature {fitted['temperature']:.4f}" in calibrated.stdout
+    again = cli("calibrate", "--model", str(bare))
     assert again.returncode != 0 and "versions are immutable" in again.stderr

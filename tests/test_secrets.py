@@ -1,5 +1,6 @@
 """The HF token and the admin key never appear in logs, the UI, API responses or errors;
-with an admin key set, retrain/rollback/push need it and prediction does not."""
+with an admin key set, retrain/rollback/push/review need it and prediction does not. The app here
+also serves MCP, whose schema is checked too."""
 import httpx
 import pytest
 from conftest import AppProcess
@@ -16,7 +17,7 @@ def guarded_app(tmp_path_factory):
     home = tmp_path_factory.mktemp("guarded") / "home"
     app = AppProcess(home, env={"CIFAR_ADMIN_KEY": ADMIN_KEY, "HF_TOKEN": HF_TOKEN, "HF_REPO_ID": "team/cifar",
                                 "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1",
-                                "HF_HOME": str(home.parent / "hf")})
+                                "HF_HOME": str(home.parent / "hf"), "GRADIO_MCP_SERVER": "true"})
     yield app
     app.stop()
     hub.stop()
@@ -36,10 +37,31 @@ def test_admin_actions_need_the_key_and_never_echo_it(guarded_app):
             client.predict(*args, api_name=api_name)
         assert "admin key" in str(info.value)
         assert_no_secret(str(info.value))
+    # Review needs the key too: the queue shows uploads, a label changes what the next retrain learns.
+    client.predict([handle_file(f"assets/examples/{c}.png") for c in ("cat", "dog", "ship")], api_name="/upload")
+    for api_name, args in (("/review_queue", [5, "", "wrong-key"]), ("/label", ["0" * 40, "dog", ""])):
+        with pytest.raises(Exception, match="admin key"):
+            client.predict(*args, api_name=api_name)
+    queue = client.predict(5, "", ADMIN_KEY, api_name="/review_queue")
+    assert len(queue) == 3
+    saved = client.predict(queue[0]["id"], "dog", ADMIN_KEY, api_name="/label")
+    assert saved["label"] == "dog" and saved["id"] == queue[0]["id"]
+    assert queue[0]["id"] not in [i["id"] for i in client.predict(5, "", ADMIN_KEY, api_name="/review_queue")]
     with pytest.raises(Exception) as info:  # right key: the Hub refuses the token, plainly
         client.predict("", ADMIN_KEY, api_name="/push")
     assert "token" in str(info.value).lower()
     assert_no_secret(str(info.value))
+
+
+def test_mcp_serves_every_endpoint_as_a_tool_and_its_admin_actions_need_the_key(guarded_app):
+    schema = httpx.get(guarded_app.url + "/gradio_api/mcp/schema", timeout=10)
+    assert schema.status_code == 200
+    tools = {tool["name"]: tool for tool in schema.json()}
+    endpoints = Client(guarded_app.url, verbose=False).view_api(return_format="dict", print_info=False)
+    assert len(tools) == len(endpoints["named_endpoints"]) and "predict" in tools, sorted(tools)
+    assert "image" in str(tools["predict"]).lower()
+    retrain = [name for name in tools if "retrain" in name]
+    assert retrain and all("key" in str(tools[name]).lower() for name in retrain)  # the key is an input
 
 
 def test_pages_config_and_logs_hold_no_secret(guarded_app):

@@ -1,0 +1,125 @@
+"""The promotion rule, both ways, on an app of its own, through the API and the versions table: a
+retrain on rightly labelled uploads is promoted and serves; one on uploads labelled wrongly on
+purpose is turned down, and the version that served goes on serving. The one-retrain-at-a-time
+lock is checked while the first retrain runs (no retrain of its own). The app pushes to a local Hub:
+every new version automatically, any other through /push."""
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import AppProcess
+from gradio_client import Client, handle_file
+from hub_server import HubServer
+from PIL import Image
+
+from cifar import CLASSES, data
+
+REPO, TOKEN = "team/cifar", "hf_promotiontesttoken123456"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = HubServer(token=TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, hub):
+    home = tmp_path_factory.mktemp("promotion") / "home"
+    app = AppProcess(home, env={"HF_REPO_ID": REPO, "HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url,
+                                "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home.parent / "hf")})
+    yield Client(app.url, verbose=False)
+    app.stop()
+
+
+def wait_for_push(client, version: str) -> str:
+    """The Hub status Monitoring shows, once the push of `version` has ended."""
+    deadline = time.time() + 300
+    while (status := client.predict(api_name="/monitoring")["hub"]) in ("idle", f"pushing {version}"):
+        assert time.time() < deadline, status
+        time.sleep(0.5)
+    return status
+
+
+def upload_labelled(client, x, labels, path) -> str:
+    """One zip, images in class folders (so labelled), uploaded; returns the summary."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, (image, label) in enumerate(zip(x, labels)):
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, "PNG")
+            archive.writestr(f"{CLASSES[label]}/{i}.png", png.getvalue())
+    return client.predict([handle_file(str(path))], api_name="/upload")[0]
+
+
+def current(client) -> str:
+    return [row[0] for row in client.predict(api_name="/versions")["data"] if row[1] == "yes"][0]
+
+
+def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile_refused(client, hub, tmp_path):
+    x, y = data.load_npz(data.replay_path())        # training images the repository ships, right labels
+    picks = data.balanced_subset(y, 30, seed=1)
+    assert "**300 accepted** (300 labeled" in upload_labelled(client, x[picks], y[picks], tmp_path / "right.zip")
+    queue = client.predict(3, "", "", api_name="/review_queue")      # a person labels two of them
+    client.predict(queue[0]["id"], queue[0]["guess"], "", api_name="/label")
+    client.predict(queue[1]["id"], "none", "", api_name="/label")       # not one of the ten: left out
+    before = current(client)
+    job = client.predict(0.98, 1, "", api_name="/retrain_start")
+    with pytest.raises(Exception, match=f"already running .*job {job['id']}"):
+        client.predict(0.98, 1, "", api_name="/retrain")
+    with pytest.raises(Exception, match="already running"):
+        client.predict(0.98, 1, "", api_name="/retrain_start")
+    deadline = time.time() + 900
+    while (status := client.predict(job["id"], api_name="/retrain_status"))["state"] in ("queued", "running"):
+        assert time.time() < deadline, status
+        time.sleep(1)
+    result = status["result"]
+    assert status["state"] == "done" and result["promoted"], result
+    assert result["after"]["accuracy"] >= result["before"]["accuracy"] - 0.01
+    assert result["uploads"] == 299 and result["reviewed"] == 1 and result["labeled"] == 299
+    rows = client.predict(api_name="/versions")["data"]
+    assert rows[0][0] == result["version"] != before and rows[0][1] == "yes"
+    assert current(client) == result["version"] == client.predict(api_name="/monitoring")["version"]
+    # Pushed without being asked, as a tagged commit with its card.
+    assert wait_for_push(client, result["version"]) == f"pushed {result['version']}"
+    repo = hub.repos[REPO]
+    assert result["version"] in repo.tags and "README.md" in repo.resolve(result["version"])["files"]
+
+
+def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(client, hub, tmp_path):
+    x, y = data.load_npz(data.replay_path())
+    wrong = (y + 1) % 10                            # every image labelled as the next class
+    summary = upload_labelled(client, x[:1000], wrong[:1000], tmp_path / "wrong.zip")
+    assert "**1000 accepted**" in summary.replace(",", "")
+    serving = current(client)
+    text, comparison, *_ = client.predict(0.98, None, "", api_name="/retrain")
+    assert "Not promoted: held-out accuracy fell from" in text and f"{serving} stays current" in text, text
+    before, after = {row[0]: row[1:] for row in comparison["data"]}["held-out accuracy"]
+    assert after < before - 0.01, (before, after)      # more than the 1-point tolerance
+    rows = client.predict(api_name="/versions")["data"]
+    new = text.split("New version **")[1].split("**")[0]
+    assert rows[0][0] == new and rows[0][1] != "yes"
+    assert current(client) == serving == client.predict(api_name="/monitoring")["version"]
+    # Every new version is kept on the Hub, promoted or not; and any version is pushed on request.
+    assert wait_for_push(client, new) == f"pushed {new}" and new in hub.repos[REPO].tags
+    shipped = rows[-1][0]
+    assert shipped not in hub.repos[REPO].tags
+    message = client.predict(shipped, "", api_name="/push")
+    assert message.startswith(f"Pushed {shipped} to {REPO} (commit ") and shipped in hub.repos[REPO].tags
+
+
+def test_metrics_compare_two_versions_and_rollback_to_the_previous_one(client):
+    rows = client.predict(api_name="/versions")["data"]  # newest first: turned down, promoted, shipped
+    assert len(rows) == 3 and rows[1][1] == "yes"
+    _turned_down, promoted, shipped = (row[0] for row in rows)
+    summary, scores, side, *plots = client.predict(promoted, shipped, api_name="/metrics")
+    assert promoted in summary and len(scores["data"]) == 11 and side["data"][0][0] == "accuracy"
+    accuracy = {row[0]: row[1:] for row in side["data"]}["accuracy"]
+    assert all(0.85 < float(v) < 1 for v in accuracy[:2]), accuracy   # both versions, measured, side by side
+    assert len(plots) >= 2 and all(Path(p).stat().st_size > 5_000 for p in plots if isinstance(p, str)), plots
+    # "" rolls back to the version that served before the current one.
+    message, *_ = client.predict("", "", api_name="/rollback")
+    assert shipped in message
+    assert current(client) == shipped == client.predict(api_name="/monitoring")["version"]

@@ -1,0 +1,54 @@
+"""What serves, in the app's own process: without OpenVINO, without batching, after a failed Hub pull
+at start; and the words the Predict tab puts under an unsure answer."""
+import logging
+import sys
+
+import huggingface_hub.constants as hub_constants
+import numpy as np
+from hub_server import HubServer
+
+from cifar import CLASSES, config, data, serving
+from cifar.registry import Registry
+from cifar.ui.predict import unsure_note
+
+
+def test_without_openvino_and_without_batching_keras_serves_right_answers_and_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as where it is not installed
+    monkeypatch.setenv("CIFAR_MAX_BATCH", "1")
+    from cifar.service import Service
+
+    service = Service()
+    assert service.predictor.network is None and service.batcher is None
+    field = service.monitoring()
+    assert field["runtime"] == "Keras: OpenVINO is not installed (pip install openvino nncf)"
+    assert field["tta_levels"] == {}
+    x, y = data.holdout()
+    answers = [max(service.predict(x[i]).items(), key=lambda kv: kv[1])[0] for i in range(0, 2000, 40)]
+    assert np.mean([a == CLASSES[y[i]] for a, i in zip(answers, range(0, 2000, 40))]) > 0.85
+
+
+def test_a_failed_hub_pull_at_start_serves_the_shipped_model_and_says_why(monkeypatch, caplog, tmp_path):
+    hub = HubServer(token="the-hubs-own-token").start()  # refuses the app's token
+    try:
+        monkeypatch.setenv("CIFAR_FROM_HUB", "1")
+        monkeypatch.setenv("HF_REPO_ID", "team/cifar")
+        monkeypatch.setenv("HF_TOKEN", "hf_notTheHubsToken1234567")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setattr(hub_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
+        registry = Registry(config.registry_dir())
+        with caplog.at_level(logging.WARNING, logger="cifar"):
+            serving.seed_registry(registry)
+    finally:
+        hub.stop()
+    shipped = Registry(config.shipped_models_dir()).current().id
+    assert registry.current().id == shipped
+    assert "starting from the shipped model" in caplog.text and "hf_notTheHubsToken" not in caplog.text
+
+
+def test_an_unsure_answer_says_so_and_a_sure_one_names_the_class():
+    unsure = dict.fromkeys(CLASSES, 0.05) | {"cat": 0.41, "dog": 0.19}
+    assert unsure_note(unsure) == "Not sure: the best guess, cat, has only 41% confidence."
+    assert unsure_note(dict.fromkeys(CLASSES, 0.01) | {"ship": 0.91}) == "ship (91% confident)"
