@@ -193,7 +193,14 @@ def to_float32(model: keras.Model) -> keras.Model:
     config = json.dumps(model.get_config())
     if '"mixed_bfloat16"' not in config:
         return model
-    rebuilt = keras.Model.from_config(json.loads(config.replace('"mixed_bfloat16"', '"float32"')))
+    # Layers whose config names no policy take the global one: float32 while rebuilding, whatever
+    # a training in this process set it to.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        rebuilt = keras.Model.from_config(json.loads(config.replace('"mixed_bfloat16"', '"float32"')))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 
