@@ -19,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def cmd_train(args) -> None:
+    import numpy as np
+
     from . import cpu, data, evaluate, model as net, predict, registry, train, versions
     from .learning import calibration
 
@@ -27,7 +29,7 @@ def cmd_train(args) -> None:
     x_test, y_test = data.load(args.data, "test")
     print(f"training on {len(x)} images from {args.data}; evaluating on {len(x_test)}; CPU {cpu.describe()}",
           flush=True)
-    held_out = data.balanced_subset(y_test, 200, seed=0)
+    held_out = data.balanced_subset(y_test, min(200, *np.bincount(y_test, minlength=10)), seed=0)  # a small folder too
     result = train.train_from_scratch(x, y, epochs=args.epochs, seed=args.seed,
                                       validation=(x_test[held_out], y_test[held_out]),
                                       report=print_progress, verbose=0)

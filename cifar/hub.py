@@ -33,9 +33,10 @@ def _scrub(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
 
 
-def _explain(exc: Exception, repo_id: str) -> HubError:
+def _explain(exc: Exception, repo_id: str, revision: str | None = None) -> HubError:
     if isinstance(exc, errors.RevisionNotFoundError):
-        message = f"no such version (tag) in {repo_id}"
+        message = (f"has no version {_scrub(revision)[:100]!r} (no such tag) in {repo_id}" if revision
+                   else f"no such version (tag) in {repo_id}")
     elif isinstance(exc, errors.RepositoryNotFoundError):
         message = f"repository {repo_id} not found, or the token may not access it"
     elif isinstance(exc, errors.HfHubHTTPError):
@@ -138,4 +139,4 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
     except HubError:
         raise
     except Exception as exc:
-        raise _explain(exc, repo_id) from None
+        raise _explain(exc, repo_id, revision) from None

@@ -1,9 +1,12 @@
 """A small Hugging Face Hub-compatible HTTP server for tests (the calls in
 ../shared/notes/hub-http-api.md): repos, preupload, LFS batch upload, ndjson commits, tags,
-refs, revision info, tree listing and file resolve. State lives in memory.
+refs, revision info, tree listing and file resolve, for model and dataset repos. State lives in
+memory: `repos["ns/name"]` for a model, `repos["datasets/ns/name"]` for a dataset.
 
-`HubServer(token=...)` checks `Authorization: Bearer <token>`; `fail_uploads = N` makes the
-next N LFS uploads drop the connection, as a server dying mid-push would.
+As the Hub does: a commit whose `parentCommit` is no longer the head of main gets 412; an existing
+tag or repo 409. `HubServer(token=...)` checks `Authorization: Bearer <token>`; `fail_uploads = N`
+makes the next N LFS uploads drop the connection, as a server dying mid-push would; `outage =
+(status, retry_after)` answers every request so (503, 429 with Retry-After) until set to None.
 """
 import base64
 import hashlib
@@ -19,6 +22,7 @@ class Repo:
     def __init__(self):
         self.commits: list[dict] = []          # each {oid, title, message, date, files: {path: (bytes, lfs_oid|None)}}
         self.tags: dict[str, str] = {}
+        self.private = False
 
     def head(self) -> dict | None:
         return self.commits[-1] if self.commits else None
@@ -37,6 +41,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.fail_uploads = 0
+        self.outage: tuple[int, int] | None = None
         self.requests: list[tuple[str, str, dict]] = []
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
@@ -87,8 +92,17 @@ def _handler(hub: HubServer):
             self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
             return False
 
-        def _repo(self, ns: str, name: str, head=False) -> Repo | None:
-            repo = hub.repos.get(f"{ns}/{name}")
+        def _down(self, head=False) -> bool:
+            """During an outage every request gets its status (and Retry-After), nothing else."""
+            if hub.outage is None:
+                return False
+            status, retry_after = hub.outage
+            self._body()
+            self._send(status, {"error": "unavailable"}, {"Retry-After": str(retry_after)}, head=head)
+            return True
+
+        def _repo(self, ns: str, name: str, head=False, kind: str = "models") -> Repo | None:
+            repo = hub.repos.get(f"{ns}/{name}" if kind == "models" else f"datasets/{ns}/{name}")
             if repo is None:
                 self._error(404, "RepoNotFound", "Repository not found", head=head)
             return repo
@@ -98,21 +112,23 @@ def _handler(hub: HubServer):
             path = urlparse(self.path).path
             body = self._body()
             hub.requests.append(("POST", path, dict(self.headers)))
-            if not self._authorized():
+            if self._down() or not self._authorized():
                 return
             parts = [unquote(p) for p in path.strip("/").split("/")]
             if path == "/api/repos/create":
                 spec = json.loads(body)
                 repo_id = f"{spec.get('organization') or 'user'}/{spec['name']}"
-                url = f"{hub.url}/{repo_id}"
-                if repo_id in hub.repos:
+                key = repo_id if spec.get("type", "model") == "model" else f"datasets/{repo_id}"
+                url = f"{hub.url}/{key}"
+                if key in hub.repos:
                     return self._send(409, {"error": "exists", "url": url})
-                hub.repos[repo_id] = Repo()
+                hub.repos[key] = Repo()
+                hub.repos[key].private = bool(spec.get("private"))
                 return self._send(200, {"url": url})
             if path == "/api/validate-yaml":
                 return self._send(200, {})
-            if len(parts) >= 5 and parts[0] == "api" and parts[1] == "models":
-                repo = self._repo(parts[2], parts[3])
+            if len(parts) >= 5 and parts[0] == "api" and parts[1] in ("models", "datasets"):
+                repo = self._repo(parts[2], parts[3], kind=parts[1])
                 if repo is None:
                     return
                 action, rev = parts[4], "/".join(parts[5:])
@@ -150,6 +166,8 @@ def _handler(hub: HubServer):
         def do_PUT(self):
             path = urlparse(self.path).path
             hub.requests.append(("PUT", path, dict(self.headers)))
+            if self._down():
+                return
             if path.startswith("/lfs-upload/"):
                 if hub.fail_uploads > 0:
                     hub.fail_uploads -= 1
@@ -167,6 +185,9 @@ def _handler(hub: HubServer):
         def _commit(self, repo: Repo, repo_id: str, body: bytes):
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
             header = next(entry["value"] for entry in lines if entry["key"] == "header")
+            parent = header.get("parentCommit")
+            if parent and parent != (repo.head() or {}).get("oid"):  # someone committed since the writer read main
+                return self._error(412, "PreconditionFailed", "A commit has happened since. Please refresh and try again.")
             files = dict(repo.head()["files"]) if repo.head() else {}
             for line in lines:
                 value = line["value"]
@@ -193,14 +214,21 @@ def _handler(hub: HubServer):
         def _get(self, head: bool):
             path = urlparse(self.path).path
             hub.requests.append(("HEAD" if head else "GET", path, dict(self.headers)))
+            if self._down(head):
+                return
             if self.headers.get("Authorization") not in (None, f"Bearer {hub.token}"):
                 return self._error(401, "Unauthorized", "Invalid credentials in Authorization header", head=head)
             parts = [unquote(p) for p in path.strip("/").split("/")]
-            if len(parts) >= 5 and parts[0] == "api" and parts[1] == "models":
-                repo = self._repo(parts[2], parts[3], head)
+            if len(parts) == 4 and parts[0] == "api" and parts[1] in ("models", "datasets"):  # repo_info
+                parts.extend(["revision", "main"])
+            if len(parts) >= 5 and parts[0] == "api" and parts[1] in ("models", "datasets"):
+                repo = self._repo(parts[2], parts[3], head, kind=parts[1])
                 if repo is None:
                     return
                 action, rev = parts[4], "/".join(parts[5:])
+                under = ""
+                if action in ("tree", "paths-info") and len(parts) > 6:  # tree/{rev}/{path}
+                    rev, under = parts[5], "/".join(parts[6:]).rstrip("/") + "/"
                 if action == "refs":
                     last = repo.head()
                     branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": last["oid"]}] if last else []
@@ -214,15 +242,19 @@ def _handler(hub: HubServer):
                     return self._send(200, [{"id": c["oid"], "title": c["title"], "message": c["message"],
                                              "date": c["date"], "authors": [{"user": "test"}]} for c in history], head=head)
                 if action == "revision":
-                    return self._send(200, {"id": f"{parts[2]}/{parts[3]}", "sha": commit["oid"], "private": False,
+                    return self._send(200, {"id": f"{parts[2]}/{parts[3]}", "sha": commit["oid"], "private": repo.private,
                                             "siblings": [{"rfilename": p} for p in sorted(commit["files"])]}, head=head)
                 if action == "tree":
                     return self._send(200, [{"type": "file", "path": p, "size": len(d),
                                              "oid": hashlib.sha1(d).hexdigest(),
                                              **({"lfs": {"oid": lfs, "size": len(d), "pointerSize": 134}} if lfs else {})}
-                                            for p, (d, lfs) in sorted(commit["files"].items())], head=head)
+                                            for p, (d, lfs) in sorted(commit["files"].items()) if p.startswith(under)],
+                                      head=head)
+            kind = "datasets" if parts and parts[0] == "datasets" else "models"
+            if kind == "datasets":
+                parts = parts[1:]
             if len(parts) >= 4 and parts[2] == "resolve":
-                repo = self._repo(parts[0], parts[1], head)
+                repo = self._repo(parts[0], parts[1], head, kind=kind)
                 if repo is None:
                     return
                 commit = repo.resolve(parts[3])

@@ -8,13 +8,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import AppProcess
 from gradio_client import Client, handle_file
 from hub_server import HubServer
 from PIL import Image
 
-from cifar import CLASSES, data
+from cifar import CLASSES, data, train
 
 REPO, TOKEN = "team/cifar", "hf_promotiontesttoken123456"
 
@@ -45,12 +46,13 @@ def wait_for_push(client, version: str) -> str:
 
 
 def upload_labelled(client, x, labels, path) -> str:
-    """One zip, images in class folders (so labelled), uploaded; returns the summary."""
+    """One zip, images in class folders (so labelled; label -1: a plain name, unlabeled), uploaded;
+    returns the summary."""
     with zipfile.ZipFile(path, "w") as archive:
         for i, (image, label) in enumerate(zip(x, labels)):
             png = io.BytesIO()
             Image.fromarray(image).save(png, "PNG")
-            archive.writestr(f"{CLASSES[label]}/{i}.png", png.getvalue())
+            archive.writestr(f"{CLASSES[label]}/{i}.png" if label >= 0 else f"photo{i}.png", png.getvalue())
     return client.predict([handle_file(str(path))], api_name="/upload")[0]
 
 
@@ -60,9 +62,11 @@ def current(client) -> str:
 
 def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile_refused(client, hub, tmp_path):
     x, y = data.load_npz(data.replay_path())        # training images the repository ships, right labels
-    picks = data.balanced_subset(y, 30, seed=1)
-    assert "**300 accepted** (300 labeled" in upload_labelled(client, x[picks], y[picks], tmp_path / "right.zip")
-    queue = client.predict(3, "", "", api_name="/review_queue")      # a person labels two of them
+    picks = data.balanced_subset(y, 31, seed=1)                        # 300 labelled, 10 not
+    labels = np.where(np.arange(len(picks)) % 31 == 0, -1, y[picks])
+    summary = upload_labelled(client, x[picks], labels, tmp_path / "right.zip")
+    assert "**310 accepted** (300 labeled, 10 unlabeled)" in summary, summary
+    queue = client.predict(3, "", "", api_name="/review_queue")      # a person labels two unlabeled ones
     client.predict(queue[0]["id"], queue[0]["guess"], "", api_name="/label")
     client.predict(queue[1]["id"], "none", "", api_name="/label")       # not one of the ten: left out
     before = current(client)
@@ -78,7 +82,7 @@ def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile
     result = status["result"]
     assert status["state"] == "done" and result["promoted"], result
     assert result["after"]["accuracy"] >= result["before"]["accuracy"] - 0.01
-    assert result["uploads"] == 299 and result["reviewed"] == 1 and result["labeled"] == 299
+    assert result["uploads"] == 309 and result["reviewed"] == 1 and result["labeled"] == 301
     rows = client.predict(api_name="/versions")["data"]
     assert rows[0][0] == result["version"] != before and rows[0][1] == "yes"
     assert current(client) == result["version"] == client.predict(api_name="/monitoring")["version"]
@@ -90,11 +94,12 @@ def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile
 
 def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(client, hub, tmp_path):
     x, y = data.load_npz(data.replay_path())
-    wrong = (y + 1) % 10                            # every image labelled as the next class
-    summary = upload_labelled(client, x[:1000], wrong[:1000], tmp_path / "wrong.zip")
+    unused = np.setdiff1d(np.arange(len(y)), data.balanced_subset(y, 31, seed=1))[:1000]  # not uploaded before
+    wrong = (y[unused] + 1) % 10                    # every image labelled as the next class
+    summary = upload_labelled(client, x[unused], wrong, tmp_path / "wrong.zip")
     assert "**1000 accepted**" in summary.replace(",", "")
     serving = current(client)
-    text, comparison, *_ = client.predict(0.98, None, "", api_name="/retrain")
+    text, comparison, *_ = client.predict(0.98, train.RETRAIN["epochs"], "", api_name="/retrain")  # as a person would
     assert "Not promoted: held-out accuracy fell from" in text and f"{serving} stays current" in text, text
     before, after = {row[0]: row[1:] for row in comparison["data"]}["held-out accuracy"]
     assert after < before - 0.01, (before, after)      # more than the 1-point tolerance

@@ -1,6 +1,8 @@
 """The HF token and the admin key never appear in logs, the UI, API responses or errors;
 with an admin key set, retrain/rollback/push/review need it and prediction does not. The app here
 also serves MCP, whose schema is checked too."""
+import shutil
+
 import httpx
 import pytest
 from conftest import AppProcess
@@ -27,7 +29,7 @@ def assert_no_secret(text: str):
     assert ADMIN_KEY not in text and HF_TOKEN not in text and "SecretToken" not in text
 
 
-def test_admin_actions_need_the_key_and_never_echo_it(guarded_app):
+def test_admin_actions_need_the_key_and_never_echo_it(guarded_app, tmp_path):
     client = Client(guarded_app.url, verbose=False)
     label, _ = client.predict(handle_file("assets/examples/horse.png"), api_name="/predict")  # no key needed
     assert label["label"]
@@ -38,7 +40,9 @@ def test_admin_actions_need_the_key_and_never_echo_it(guarded_app):
         assert "admin key" in str(info.value)
         assert_no_secret(str(info.value))
     # Review needs the key too: the queue shows uploads, a label changes what the next retrain learns.
-    client.predict([handle_file(f"assets/examples/{c}.png") for c in ("cat", "dog", "ship")], api_name="/upload")
+    for n, name in enumerate(("cat", "dog", "ship")):  # plain names: unlabeled, so in the review queue
+        shutil.copy(f"assets/examples/{name}.png", tmp_path / f"photo{n}.png")
+    client.predict([handle_file(str(tmp_path / f"photo{n}.png")) for n in range(3)], api_name="/upload")
     for api_name, args in (("/review_queue", [5, "", "wrong-key"]), ("/label", ["0" * 40, "dog", ""])):
         with pytest.raises(Exception, match="admin key"):
             client.predict(*args, api_name=api_name)
@@ -58,10 +62,11 @@ def test_mcp_serves_every_endpoint_as_a_tool_and_its_admin_actions_need_the_key(
     assert schema.status_code == 200
     tools = {tool["name"]: tool for tool in schema.json()}
     endpoints = Client(guarded_app.url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert len(tools) == len(endpoints["named_endpoints"]) and "predict" in tools, sorted(tools)
-    assert "image" in str(tools["predict"]).lower()
-    retrain = [name for name in tools if "retrain" in name]
-    assert retrain and all("key" in str(tools[name]).lower() for name in retrain)  # the key is an input
+    # One tool an endpoint, named as it is, each saying what it does (an agent picks tools by these).
+    assert {"predict", "retrain", "retrain_start", "retrain_status", "rollback", "label"} <= set(tools), sorted(tools)
+    assert len(tools) == len(endpoints["named_endpoints"])
+    assert all(len(tool["description"]) > 30 for tool in tools.values()), {n: t["description"] for n, t in tools.items()}
+    assert "key" in str(tools["retrain_start"]["inputSchema"]["properties"])   # the admin key is an input
 
 
 def test_pages_config_and_logs_hold_no_secret(guarded_app):

@@ -91,6 +91,8 @@ def tab(service: Service) -> gr.Dropdown:
 
     @shown
     def metrics(version_id, compare_id):
+        """A version's held-out metrics (summary, per-class scores, a comparison with another version,
+        and plots as PNG files)."""
         return view(service, version_id or None, compare_id or None)
 
     outputs = [summary, per_class, comparison, confusion, history, distribution, confidence, reliability]

@@ -84,12 +84,12 @@ def tab(service: Service) -> Tab:
     return Tab(threshold, epochs, admin_key, button, api_button, summary, before_after, follow, versions)
 
 
-def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
+def wire(service: Service, view: Tab, metrics_picker: gr.Dropdown) -> tuple:
     """The retrain button (it starts a job the tab then follows), /retrain, /retrain_start,
     /retrain_status and the versions panel; a finished retrain refreshes the versions and the
     Metrics tab's picker. Returns what the page load runs, and the outputs it fills."""
-    followed = [retrain.summary, retrain.before_after, retrain.versions.table, retrain.versions.picker,
-                metrics_picker, retrain.follow]
+    followed = [view.summary, view.before_after, view.versions.table, view.versions.picker,
+                metrics_picker, view.follow]
 
     def follow():
         """The latest job; the versions refreshed and the timer stopped once it has ended."""
@@ -110,7 +110,7 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
         return follow()
 
     @shown
-    def run(threshold, epochs, key, progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for progress)
+    def retrain(threshold, epochs, key, progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for progress)
         """Retrain on every upload and answer with the result when it ends (minutes). The retrain is a
         job: if this call's connection drops, it still finishes; /retrain_status shows it."""
         job = service.start_retrain(threshold, int(epochs), key)
@@ -120,8 +120,8 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
         return (result_text(job["result"], threshold), before_after_rows(job["result"]), *versions_update(service))
 
     @shown
-    def start_api(threshold: float = train.RETRAIN["threshold"], epochs: int = train.RETRAIN["epochs"],
-                  admin_key: str = "") -> dict:
+    def retrain_start(threshold: float = train.RETRAIN["threshold"], epochs: int = train.RETRAIN["epochs"],
+                      admin_key: str = "") -> dict:
         """Start a retrain on every upload and answer at once with its job: {id, state, ...}. Follow
         it with /retrain_status.
 
@@ -133,7 +133,7 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
         return service.start_retrain(threshold, int(epochs), admin_key)
 
     @shown
-    def status_api(job_id: str = "") -> dict | None:
+    def retrain_status(job_id: str = "") -> dict | None:
         """A retrain job: {id, state (queued, running, done, failed, interrupted), phase, progress,
         result (with version and promoted) or error}. None before the first retrain.
 
@@ -142,13 +142,14 @@ def wire(service: Service, retrain: Tab, metrics_picker: gr.Dropdown) -> tuple:
         """
         return service.retrain_status(job_id or None)
 
-    inputs = [retrain.threshold, retrain.epochs, retrain.admin_key]
-    retrain.button.click(start, inputs, followed, api_visibility="private")
-    retrain.follow.tick(follow, None, followed, api_visibility="private")
-    retrain.api_button.click(run, inputs, followed[:-1], api_name="retrain")
-    gr.api(start_api, api_name="retrain_start")
-    gr.api(status_api, api_name="retrain_status")
-    versions_panel.wire(service, retrain.versions, retrain.admin_key, metrics_picker)
+    inputs = [view.threshold, view.epochs, view.admin_key]
+    view.button.click(start, inputs, followed, api_visibility="private")
+    view.follow.tick(follow, None, followed, api_visibility="private")
+    # Named as their endpoints: MCP clients see the functions' names as the tools' names.
+    view.api_button.click(retrain, inputs, followed[:-1], api_name="retrain")
+    gr.api(retrain_start, api_name="retrain_start")
+    gr.api(retrain_status, api_name="retrain_status")
+    versions_panel.wire(service, view.versions, view.admin_key, metrics_picker)
     return opened, followed
 
 

@@ -49,6 +49,8 @@ def tab(service: Service) -> gr.Image:
     """Lays the tab out and wires its upload; returns the class-mix plot (the page load fills it)."""
     @shown
     def upload(files):
+        """Store images (files, or zips of them; a class-named folder or name prefix labels one): a
+        summary with the estimated accuracy on them, the rejected files with reasons, a class-mix plot."""
         report = service.upload(files)
         return summary(service, report), [[r.file, r.reason] for r in report.rejected], class_mix_plot(service, report)
 

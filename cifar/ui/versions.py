@@ -32,17 +32,20 @@ def wire(service: Service, versions: Panel, admin_key: gr.Textbox, metrics_picke
     """The panel's buttons; a change of the current version also refreshes the Metrics tab's picker."""
     @shown
     def rollback(version_id, key):
+        """Make a version current ("" for the one that served before the current one); returns the
+        message and the versions table."""
         return (service.rollback(version_id or None, key), *versions_update(service))
 
     @shown
     def push(version_id, key):
+        """Push a version ("" for the current one) to the Hub repository HF_REPO_ID, tagged with its id."""
         return service.push(version_id or None, key)
 
     versions.rollback.click(rollback, [versions.picker, admin_key],
                             [versions.message, versions.table, versions.picker, metrics_picker], api_name="rollback")
     versions.push.click(push, [versions.picker, admin_key], versions.message, api_name="push")
-    def table() -> list[list]:
+    def list_versions() -> list[list]:
         """Every version, newest first: id, current, kind, parent, accuracy, images evaluated on, train s."""
         return versions_table(service)
 
-    versions.refresh.click(table, None, versions.table, api_name="versions")
+    versions.refresh.click(list_versions, None, versions.table, api_name="versions")
