@@ -16,6 +16,8 @@ imports nothing of the package).
 | CIFAR_TTA_BUDGET_S  | 0.25               | queued work (s) above which the batcher serves fewer views |
 | CIFAR_MONITORING_REFRESH_S | 5           | how often an open Monitoring tab refreshes itself        |
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
+| HF_DATASET_ID       | HF_REPO_ID + "-data" | private Hub dataset repository that keeps uploads and labels ("off": none) |
+| CIFAR_SYNC_SPACING_S | 60                | seconds at least between two commits of uploads and labels |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
 import os
@@ -82,6 +84,22 @@ def admin_key() -> str | None:
 
 def hub_repo_id() -> str | None:
     return os.environ.get("HF_REPO_ID") or None
+
+
+def hub_dataset_id() -> str | None:
+    """The Hub dataset repository that keeps uploads and labels: HF_DATASET_ID, else HF_REPO_ID's
+    name + "-data" (`team/cifar10` -> `team/cifar10-data`); None without HF_REPO_ID or when "off"."""
+    value = os.environ.get("HF_DATASET_ID", "").strip()
+    if value.lower() == "off":
+        return None
+    repo = hub_repo_id()
+    return value or (f"{repo}-data" if repo else None)
+
+
+def sync_spacing_seconds() -> float:
+    """CIFAR_SYNC_SPACING_S: the least time between two commits of uploads and labels (60 s keeps
+    a busy app at 60 commits an hour, half of what the Hub allows a repository)."""
+    return float(os.environ.get("CIFAR_SYNC_SPACING_S") or 60)
 
 
 def start_from_hub() -> bool:

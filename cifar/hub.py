@@ -1,8 +1,10 @@
-"""Push and pull model versions to a Hugging Face Hub model repository.
+"""Push and pull model versions to a Hugging Face Hub model repository, and the plain commits and
+reads the app's state on the Hub is made of (cifar.state_sync).
 
-Each version is one commit (model, metrics, metadata, model card) tagged with the version id.
-Configuration: HF_REPO_ID, HF_TOKEN (or the saved login), HF_ENDPOINT for a non-default Hub.
-Errors become `HubError` with a plain message; the token never appears in one.
+Each version is one commit (model, metrics, metadata, model card) tagged with the version id; the
+current version is `current.json` at the head of main. Configuration: HF_REPO_ID, HF_TOKEN (or
+the saved login), HF_ENDPOINT for a non-default Hub. Errors become `HubError` with a plain
+message (and the server's Retry-After, if any); the token never appears in one.
 """
 import os
 import re
@@ -11,7 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from huggingface_hub import HfApi, errors, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, errors, hf_hub_download, snapshot_download
 from huggingface_hub.utils import disable_progress_bars
 
 from . import card, config, cpu, model as net, runtime
@@ -22,8 +24,20 @@ PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", 
                 "confusion.png", "history.png", *(f"{runtime.FOLDER}/{name}" for name in runtime.FILES)]
 
 
+CURRENT_FILE = "current.json"  # in the model repository: which version serves
+
+
 class HubError(RuntimeError):
-    """A push or pull that failed; the message says what to do and never holds the token."""
+    """A push or pull that failed; the message says what to do and never holds the token.
+    `retry_after`: seconds the server asked to wait (429, 503), else None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HubConflict(HubError):
+    """A commit made on a parent that is no longer the head of main: someone else committed first."""
 
 
 def _scrub(text: str) -> str:
@@ -40,7 +54,14 @@ def _explain(exc: Exception, repo_id: str, revision: str | None = None) -> HubEr
     elif isinstance(exc, errors.RepositoryNotFoundError):
         message = f"repository {repo_id} not found, or the token may not access it"
     elif isinstance(exc, errors.HfHubHTTPError):
-        status = getattr(getattr(exc, "response", None), "status_code", None)
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        if status == 412:
+            return HubConflict(f"Hub: {repo_id} changed since it was read (HTTP 412).")
+        if status in (429, 503):
+            wait = (response.headers.get("Retry-After") or "").strip()
+            return HubError(f"Hub busy or down (HTTP {status}); retrying later.",
+                            float(wait) if wait.isdigit() else None)
         if status in (401, 403):
             message = f"the Hub refused the token (HTTP {status}): check HF_TOKEN"
         else:
@@ -140,3 +161,63 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
         raise
     except Exception as exc:
         raise _explain(exc, repo_id, revision) from None
+
+
+# --- plain commits and reads (the app's state: uploads, labels, the current version) ----------
+
+def ensure_repo(repo_id: str, repo_type: str = "model", private: bool = True) -> None:
+    """Create the repository if it does not exist (private unless told otherwise)."""
+    try:
+        _api().create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def head(repo_id: str, repo_type: str = "model") -> str | None:
+    """The commit at the head of main, or None for an empty repository."""
+    try:
+        refs = _api().list_repo_refs(repo_id, repo_type=repo_type)
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+    return next((branch.target_commit for branch in refs.branches if branch.name == "main"), None)
+
+
+def commit(repo_id: str, files: dict[str, bytes | Path], message: str, repo_type: str = "model",
+           parent: str | None = None) -> str:
+    """One commit adding (or replacing) `files` {path in repo: bytes or local file}; with `parent`,
+    only if that is still the head of main (else HubConflict). Returns the commit id."""
+    operations = [CommitOperationAdd(path, data if isinstance(data, bytes) else str(data)) for path, data in files.items()]
+    try:
+        return _api().create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
+                                    parent_commit=parent).oid
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def read_file(repo_id: str, path: str, revision: str | None = None, repo_type: str = "model") -> bytes | None:
+    """A file's bytes at `revision` (main), or None where the repository or the file is not there."""
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            local = hf_hub_download(repo_id, path, revision=revision, repo_type=repo_type, local_dir=folder,
+                                    token=os.environ.get("HF_TOKEN") or None)
+            return Path(local).read_bytes()
+    except (errors.EntryNotFoundError, errors.RepositoryNotFoundError, errors.RevisionNotFoundError):
+        return None
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def download(repo_id: str, folder: Path, repo_type: str = "model", patterns: list[str] | None = None) -> Path | None:
+    """Every file of main (or those matching `patterns`) into `folder`; None for an empty or missing repository."""
+    try:
+        if head(repo_id, repo_type) is None:
+            return None
+    except HubError as exc:
+        if "not found" in str(exc):
+            return None
+        raise
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=folder, allow_patterns=patterns,
+                                      token=os.environ.get("HF_TOKEN") or None))
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None

@@ -1,6 +1,7 @@
 """What the app does, as operations over one `Service` that owns its state: the registry, the
 upload store and its review queue, the serving predictor (swapped atomically after a promotion),
-the micro-batcher, the monitor, the Hub pusher, and retrains as jobs in the app's own store.
+the micro-batcher, the monitor, the state's sync with the Hub (cifar.state_sync), and retrains
+as jobs in the app's own store.
 
 Every method returns plain data (numbers, dicts, rows, file paths); the words, tables and plots a
 person sees are made by cifar.ui. Errors a user can cause are raised as `UserError` with a
@@ -16,12 +17,12 @@ import numpy as np
 
 from . import CLASSES, config, cpu, images, runtime, serving, train
 from .hub import HubError, push as hub_push
-from .hub_sync import HubPusher
 from .jobs import Busy, JobRunner, JobStore, UnknownJob
 from .learning import calibration, estimate, retrain as learning_retrain, review
 from .monitor import ALERT_DROP, Monitor, alert_message
 from .predict import MicroBatcher, Predictor
 from .registry import Registry, RegistryError, Version, new_version_id, write_json_atomic
+from .state_sync import StateSync
 from .uploads import NOT_A_CLASS, UnknownUpload, UploadReport, UploadStore
 
 log = logging.getLogger("cifar")
@@ -35,11 +36,15 @@ class Service:
     def __init__(self):
         self.registry = Registry(config.registry_dir())
         self.registry.clean_staging()
-        serving.seed_registry(self.registry)
         self.uploads = UploadStore(config.uploads_dir())
+        # With HF_REPO_ID set the Hub holds the state: an empty disk gets it back before serving.
+        self.sync = StateSync(self.registry, self.uploads, config.home(), on_current=self._serve_version)
+        restored = self.sync.restore()
+        if restored:
+            log.info(restored)
+        serving.seed_registry(self.registry)
         self.reviews = review.ReviewQueue(self.uploads)
         self.monitor = Monitor()
-        self.hub = HubPusher(self.registry)
         self.tta_level = cpu.tta_level()
         self._swap_lock = threading.Lock()
         self.jobs = JobStore(config.jobs_dir())
@@ -52,6 +57,11 @@ class Service:
         max_batch = config.max_batch()
         self.batcher = (MicroBatcher(lambda: self._predictor, max_batch, wait_budget_s=config.tta_wait_budget())
                         if max_batch > 1 else None)
+        self.sync.start()
+
+    def _serve_version(self, version_id: str) -> None:
+        """Serve a version made current elsewhere (another app, through the Hub)."""
+        self._serve(self._load(version_id))
 
     def _load(self, version_id: str) -> Predictor:
         return serving.load_predictor(self.registry.get(version_id), self.tta_level, config.cache_dir())
@@ -131,8 +141,11 @@ class Service:
     def upload(self, paths: list) -> UploadReport:
         if not paths:
             raise UserError("No files given: choose images or one zip of images.")
-        return self._timed("upload", lambda: self.uploads.add(
+        report = self._timed("upload", lambda: self.uploads.add(
             paths, batch=new_version_id("upload"), predict=self._predictor.predict_arrays))
+        if report.accepted:
+            self.sync.wake()
+        return report
 
     def upload_estimate(self, report: UploadReport) -> dict | None:
         """The current model's estimated accuracy on an upload's images (no labels needed) beside
@@ -180,7 +193,11 @@ class Service:
         if self.retrains.running:
             message += (" A retrain is running: it trains on the labels it read when it started; this one counts "
                         "from the next retrain.")
-        return {"id": upload_id, "label": label, "previous": previous, "message": message}
+        self.sync.wake(labels=True)
+        where = self.sync.where()
+        if where != "local only":
+            message += f" Saved here; on the Hub: {'yes' if where == 'hub' else 'pending (within a minute)'}."
+        return {"id": upload_id, "label": label, "previous": previous, "message": message, "hub": where}
 
     # --- versions ------------------------------------------------------------------------
     def version(self, version_id: str | None) -> Version:
@@ -210,6 +227,7 @@ class Service:
         except RegistryError as exc:
             raise UserError(str(exc)) from None
         self._serve(self._load(version.id))
+        self.sync.wake()  # the Hub records it (the next start, and other apps, serve it)
         return f"Version {version.id} is current now."
 
     def rollback(self, version_id: str | None, key: str | None) -> str:
@@ -287,7 +305,7 @@ class Service:
         if result["promoted"]:
             report(0.95, "switching predictions to the new version")
             self._serve(candidate)
-        self.hub.push_in_background(result["version"])
+        self.sync.wake()  # the new version (and the current one, if promoted) to the Hub
         return result
 
     # --- monitoring ----------------------------------------------------------------------
@@ -302,7 +320,7 @@ class Service:
                      cpu=cpu.info()["model"], precision=cpu.precision(), runtime=runtime.describe(predictor.runtime),
                      tta_levels={str(level): self.batcher.levels[level] for level in range(predictor.tta_level + 1)}
                      if self.batcher else {},
-                     retrain="running" if self.retrains.running else "idle", hub=self.hub.status,
+                     retrain="running" if self.retrains.running else "idle", hub=self.sync.status(),
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
             field["alert_message"] = alert_message(field)

@@ -156,6 +156,14 @@ class UploadStore:
                 standing[line["id"]] = line["label"]
         return standing
 
+    def manifest_entries(self) -> list[dict]:
+        """The manifest's lines as written, oldest first (what a copy elsewhere needs)."""
+        return _read_lines(self.manifest)
+
+    def review_entries(self) -> list[dict]:
+        """The review lines as written, oldest first."""
+        return _read_lines(self.reviews_file)
+
     def review_history(self, upload_id: str) -> list[dict]:
         return [line for line in _read_lines(self.reviews_file) if line["id"] == upload_id]
 
@@ -266,3 +274,37 @@ class UploadStore:
             report.probabilities = np.asarray(predicted)[accepted_rows]
             report.images = np.stack([candidates[i][1] for i in accepted_rows]) if accepted_rows else None
         return report
+
+    # --- a copy from elsewhere (the Hub) ----------------------------------------------------
+    def import_copy(self, entries: list[dict], reviews: list[dict], image_file) -> tuple[int, int, list[str]]:
+        """Fill an empty store from a copy: manifest `entries` (deduplicated by image hash), the
+        `reviews` (ordered by time, as written), and `image_file(name) -> Path | None` for each
+        image. An image that is missing, undecodable or not the pixels its hash names is skipped
+        and said so; so are reviews of uploads not restored. Returns (uploads, reviews, skipped)."""
+        skipped, kept, seen = [], [], set()
+        for entry in entries:
+            digest = str(entry.get("sha1", ""))
+            if not re.fullmatch(r"[0-9a-f]{40}", digest) or digest in seen:
+                continue
+            source = image_file(f"{digest}.png")
+            try:
+                array = images.to_array(source) if source is not None else None
+            except (images.ImageError, OSError):
+                array = None
+            if array is None or hashlib.sha1(array.tobytes()).hexdigest() != digest:
+                skipped.append(f"{digest[:10]}: image {'missing' if source is None else 'corrupt'} on the Hub, left out")
+                continue
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            (self.images_dir / f"{digest}.png").write_bytes(buffer.getvalue())
+            seen.add(digest)
+            kept.append({**entry, "image": f"{digest}.png"})
+        reviews = sorted((r for r in reviews if r.get("id") in seen), key=lambda r: r.get("time", 0))
+        unique = list({json.dumps(r, sort_keys=True): r for r in reviews}.values())  # a line twice is one line
+        with self._lock:
+            for path, lines in ((self.manifest, kept), (self.reviews_file, unique)):
+                with open(path, "a") as handle:
+                    handle.writelines(json.dumps(line) + "\n" for line in lines)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        return len(kept), len(unique), skipped

@@ -65,8 +65,11 @@ def _handler(hub: HubServer):
 
         # --- plumbing --------------------------------------------------------------------
         def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            """The request's body, read once (a second read would wait for bytes that never come)."""
+            if getattr(self, "_read", None) is None or self._read[0] is not self.headers:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._read = (self.headers, self.rfile.read(length) if length else b"")
+            return self._read[1]
 
         def _send(self, status: int, payload=None, headers=None, raw: bytes | None = None, head=False):
             body = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
@@ -123,7 +126,7 @@ def _handler(hub: HubServer):
                 if key in hub.repos:
                     return self._send(409, {"error": "exists", "url": url})
                 hub.repos[key] = Repo()
-                hub.repos[key].private = bool(spec.get("private"))
+                hub.repos[key].private = spec.get("visibility") == "private" or bool(spec.get("private"))
                 return self._send(200, {"url": url})
             if path == "/api/validate-yaml":
                 return self._send(200, {})

@@ -15,6 +15,21 @@ locust -f loadtest/locustfile.py --host http://127.0.0.1:7860     # web UI at ht
 ```"""
 
 
+def hub_text(sync: dict) -> str:
+    """Where the state is kept, as a person reads it (cifar.state_sync's status)."""
+    if not sync.get("configured"):
+        return ("not configured: uploads, labels and new versions live on this disk only (set HF_REPO_ID "
+                "and HF_TOKEN to keep them on the Hub)")
+    text = (f"{sync['pending_uploads']:,} uploads and {sync['pending_labels']:,} labels waiting to sync to "
+            f"{sync['dataset_repo'] or 'no dataset (HF_DATASET_ID=off)'}; current version on {sync['model_repo']}: "
+            f"{sync['current_on_hub'] or 'not recorded yet'}; last sync {sync['last_success'] or 'not yet'}")
+    if sync["last_error"]:
+        text += f"; **last error {sync['last_error']}**"
+    if sync["conflict"]:
+        text += f"; {sync['conflict']}"
+    return text
+
+
 def status_text(service: Service, field: dict) -> str:
     """The status line (with the alert first, if any) as a person reads it."""
     batcher = service.batcher
@@ -25,7 +40,7 @@ def status_text(service: Service, field: dict) -> str:
                 if batcher else "batching off (CIFAR_MAX_BATCH=1)")
     text = (f"Current version **{field['version']}**, served by **{field['runtime']}**; "
             f"{field['cpu']} (trains in {field['precision']}); up {field['uptime_s'] / 60:.1f} min; "
-            f"{batching}; retrain {field['retrain']}; Hub: {field['hub']}.")
+            f"{batching}; retrain {field['retrain']}.\n\nHub: {hub_text(field['hub'])}.")
     if field["estimated_accuracy"] is None:
         text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
     else:

@@ -17,6 +17,13 @@ def summary(service: Service, report: UploadReport) -> str:
             f"{report.duplicates} duplicates skipped, **{len(report.rejected)} rejected**. "
             f"The store holds {len(records)} images" + (f", {reviewed} of them labeled in the Review tab."
                                                          if reviewed else "."))
+    where = service.sync.where() if report.accepted else None
+    if where == "pending":
+        text += f" On the Hub ({service.sync.dataset_repo}): pending, synced within a minute."
+    elif where == "hub":
+        text += f" On the Hub ({service.sync.dataset_repo}): saved."
+    elif where == "local only":
+        text += " Kept on this disk (no Hub repository configured)."
     estimate = service.upload_estimate(report)
     if estimate:
         text += (f"\n\nEstimated accuracy of the current model on these {estimate['images']:,} images: "

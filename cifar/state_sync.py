@@ -1,0 +1,281 @@
+"""The app's state kept on the Hub, so a Space that restarts on an empty disk loses nothing.
+
+What lives where (with HF_REPO_ID set; without it nothing here runs):
+- every model version: a tagged commit of the model repository (cifar.hub.push), pushed once;
+- which version is current: `current.json` at the head of the model repository's main, written
+  with the head the writer last read as parent commit, so of two writers the second gets a
+  conflict (HTTP 412) instead of silently overwriting: it re-reads, and if another app changed the
+  current version meanwhile it takes that one (and says so) instead of its own;
+- the uploads and the review labels: the private dataset repository HF_DATASET_ID (created on
+  first use), as the PNGs the upload store writes (`images/<sha1>.png`, named by content) and the
+  manifest and label lines as append-only files named by writer and line range
+  (`manifest/<writer>-<first>-<end>.jsonl`, `labels/...`): no two writers touch the same file, and
+  a retried commit writes the same paths with the same bytes, so nothing is ever duplicated.
+
+Why plain `create_commit` and not `CommitScheduler`: the current version needs `parent_commit`
+(which the scheduler cannot set), the app must know which lines are on the Hub (the scheduler
+re-uploads a folder on a timer and reports nothing per file), and it must back off on 429/503.
+
+One thread commits: an upload at once, labels after LABEL_QUIET_S without a new one, never two
+dataset commits within CIFAR_SYNC_SPACING_S (60 s: at most 60 an hour, the Hub allows ~128).
+What it has committed is kept in CIFAR_HOME/sync.json (the watermarks); the range of a commit is
+written there before the commit, so a crash between the commit and the watermark repeats the same
+commit rather than a different one. On errors it retries with backoff (5 s doubling to 5 min, or
+the server's Retry-After); the app keeps serving and storing meanwhile.
+"""
+import json
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import config, hub
+from .registry import Registry, RegistryError, write_json_atomic
+from .uploads import UploadStore
+
+log = logging.getLogger("cifar")
+
+LABEL_QUIET_S = 5.0      # labels come in bursts (the Review tab): commit once they pause
+MAX_BACKOFF_S = 300.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _jsonl(lines: list[dict]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+class StateSync:
+    def __init__(self, registry: Registry, uploads: UploadStore, home: Path, on_current=None):
+        self.registry, self.uploads = registry, uploads
+        self.model_repo, self.dataset_repo = config.hub_repo_id(), config.hub_dataset_id()
+        self.on_current = on_current or (lambda version_id: None)  # the app serves what the Hub says
+        self.state_file = Path(home) / "sync.json"
+        try:
+            self.state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            self.state = {"writer": uuid.uuid4().hex[:8], "manifest": 0, "reviews": 0, "inflight": None,
+                          "current": None, "pushed": []}
+        self.last_success: str | None = None
+        self.last_error: str | None = None
+        self.conflict: str | None = None
+        self.commits = 0
+        self._wake = threading.Event()
+        self._last_label = 0.0
+        self._last_dataset_commit = 0.0
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model_repo)
+
+    def _save(self) -> None:
+        write_json_atomic(self.state_file, self.state)
+
+    # --- restore at start -------------------------------------------------------------------
+    def restore(self) -> str | None:
+        """On an empty disk, bring back from the Hub the current version (and seed the registry),
+        every upload and every label; returns a line for the log (with the time it took), or
+        None where there is nothing to restore or no Hub. Hub errors leave the disk as it is."""
+        if not self.enabled:
+            return None
+        started, said = time.perf_counter(), []
+        try:
+            if not self.registry.list():
+                said.append(self._restore_current())
+            if self.dataset_repo and not self.uploads.manifest_entries():
+                said.append(self._restore_uploads())
+        except hub.HubError as exc:
+            log.warning("restore from the Hub failed, starting from what this disk has: %s", exc)
+            self.last_error = str(exc)
+        said = [s for s in said if s]
+        if not said:
+            return None
+        return f"restored from the Hub in {time.perf_counter() - started:.1f} s: " + "; ".join(said)
+
+    def _restore_current(self) -> str | None:
+        raw = hub.read_file(self.model_repo, hub.CURRENT_FILE)
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        self.registry.seed_from(config.shipped_models_dir())
+        try:
+            self.registry.get(record["version"])
+        except RegistryError:
+            hub.pull(self.registry, record["version"], self.model_repo)
+        self.registry.promote(record["version"], reason="restored from the Hub")
+        self.state.update(current=record["version"], pushed=[v.id for v in self.registry.list()])
+        self._save()
+        return f"current version {record['version']}"
+
+    def _restore_uploads(self) -> str | None:
+        with tempfile.TemporaryDirectory() as work:
+            folder = hub.download(self.dataset_repo, Path(work), repo_type="dataset")
+            if folder is None:
+                return None
+            entries = [line for path in sorted((folder / "manifest").glob("*.jsonl"))
+                       for line in _read(path)]
+            reviews = [line for path in sorted((folder / "labels").glob("*.jsonl")) for line in _read(path)]
+            images = folder / "images"
+            count, labels, skipped = self.uploads.import_copy(
+                entries, reviews, lambda name: images / name if (images / name).is_file() else None)
+        for line in skipped:
+            log.warning("restore: %s", line)
+        self.state.update(manifest=len(self.uploads.manifest_entries()), reviews=len(self.uploads.review_entries()),
+                          inflight=None)
+        self._save()
+        return f"{count} uploads and {labels} label lines" + (f" ({len(skipped)} skipped: {skipped[0]}...)" if skipped else "")
+
+    # --- the sync thread ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="hub-sync")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def wake(self, labels: bool = False) -> None:
+        """Something changed (an upload, a label, a new or current version): sync soon."""
+        if labels:
+            self._last_label = time.monotonic()
+        self._wake.set()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop:
+            try:
+                wait = self.sync_once()
+                failures = 0
+            except hub.HubError as exc:
+                failures += 1
+                self.last_error = f"{_now()}: {exc}"
+                log.warning("Hub sync failed (%d in a row), retrying: %s", failures, exc)
+                wait = min(MAX_BACKOFF_S, max(exc.retry_after or 0, 5 * 2 ** (failures - 1)))
+            self._wake.clear()
+            self._wake.wait(wait)
+
+    def sync_once(self) -> float:
+        """Push what is pending, as far as the spacing allows; returns seconds until it is worth
+        looking again (something left that waits for the spacing or the label pause)."""
+        self._push_versions()
+        self._publish_current()
+        return self._commit_uploads()
+
+    def _push_versions(self) -> None:
+        """Every local version the Hub lacks (a new retrain; the shipped one only once current)."""
+        shipped = {p.name for p in (config.shipped_models_dir() / "versions").glob("*")}
+        current = self.registry.current().id
+        for version in self.registry.list():
+            if version.id in self.state["pushed"] or (version.id in shipped and version.id != current):
+                continue
+            hub.push(version, self.model_repo)
+            self.state["pushed"].append(version.id)
+            self._save()
+            self._succeeded()
+
+    def _publish_current(self) -> None:
+        """Record the current version on the Hub; if another app changed it since this one last
+        looked, take theirs (exactly one of two simultaneous promotions wins)."""
+        local = self.registry.current().id
+        while local != self.state["current"]:
+            parent = hub.head(self.model_repo)
+            raw = hub.read_file(self.model_repo, hub.CURRENT_FILE, revision=parent) if parent else None
+            on_hub = json.loads(raw)["version"] if raw else None
+            if on_hub is not None and on_hub != self.state["current"] and on_hub != local:
+                self._adopt(on_hub, local)
+                return
+            record = {"version": local, "time": _now(), "writer": self.state["writer"]}
+            try:
+                hub.commit(self.model_repo, {hub.CURRENT_FILE: json.dumps(record, indent=1).encode()},
+                           f"Current version: {local}", parent=parent)
+            except hub.HubConflict:
+                continue  # someone committed since: read again
+            self.state["current"] = local
+            self._save()
+            self._succeeded()
+            local = self.registry.current().id
+
+    def _adopt(self, on_hub: str, local: str) -> None:
+        try:
+            self.registry.get(on_hub)
+        except RegistryError:
+            hub.pull(self.registry, on_hub, self.model_repo)
+        self.registry.promote(on_hub, reason=f"another app made it current on the Hub (this one had {local})")
+        self.state["current"] = on_hub
+        self._save()
+        self.conflict = (f"{_now()}: conflict: another app made {on_hub} current on the Hub while this one "
+                         f"made {local} current; {on_hub} serves here too")
+        log.warning(self.conflict)
+        self.on_current(on_hub)
+
+    def _commit_uploads(self) -> float:
+        if not self.dataset_repo:
+            return 3600.0
+        entries, reviews = self.uploads.manifest_entries(), self.uploads.review_entries()
+        inflight = self.state.get("inflight") or {"manifest": [self.state["manifest"], len(entries)],
+                                                  "reviews": [self.state["reviews"], len(reviews)]}
+        (m0, m1), (r0, r1) = inflight["manifest"], inflight["reviews"]
+        if m0 == m1 and r0 == r1:
+            return 3600.0
+        wait = self._last_dataset_commit + config.sync_spacing_seconds() - time.monotonic()
+        if m0 == m1:  # labels only: wait for the burst to pause
+            wait = max(wait, self._last_label + LABEL_QUIET_S - time.monotonic())
+        if wait > 0:
+            return wait
+        self.state["inflight"] = inflight
+        self._save()
+        writer = self.state["writer"]
+        files: dict[str, bytes | Path] = {}
+        for entry in entries[m0:m1]:
+            files[f"images/{entry['image']}"] = self.uploads.images_dir / entry["image"]
+        if m1 > m0:
+            files[f"manifest/{writer}-{m0:07d}-{m1:07d}.jsonl"] = _jsonl(entries[m0:m1])
+        if r1 > r0:
+            files[f"labels/{writer}-{r0:07d}-{r1:07d}.jsonl"] = _jsonl(reviews[r0:r1])
+        hub.ensure_repo(self.dataset_repo, "dataset", private=True)
+        hub.commit(self.dataset_repo, files, f"{m1 - m0} uploads, {r1 - r0} labels from {writer}", repo_type="dataset")
+        self._last_dataset_commit = time.monotonic()
+        self.state.update(manifest=m1, reviews=r1, inflight=None)
+        self._save()
+        self._succeeded()
+        return 0.0  # more may have arrived meanwhile: look again
+
+    def _succeeded(self) -> None:
+        self.commits += 1
+        self.last_success, self.last_error = _now(), None
+
+    # --- what the app shows -----------------------------------------------------------------
+    def status(self) -> dict:
+        """Plain numbers for Monitoring and /monitoring."""
+        if not self.enabled:
+            return {"configured": False}
+        entries, reviews = len(self.uploads.manifest_entries()), len(self.uploads.review_entries())
+        return {"configured": True, "model_repo": self.model_repo, "dataset_repo": self.dataset_repo,
+                "pending_uploads": entries - self.state["manifest"], "pending_labels": reviews - self.state["reviews"],
+                "current_on_hub": self.state["current"], "commits": self.commits,
+                "last_success": self.last_success, "last_error": self.last_error, "conflict": self.conflict}
+
+    def where(self) -> str:
+        """Where what was just saved is: "hub" (every line synced), "pending", or "local only"."""
+        if not self.enabled or not self.dataset_repo:
+            return "local only"
+        status = self.status()
+        return "hub" if status["pending_uploads"] == 0 and status["pending_labels"] == 0 else "pending"
+
+
+def _read(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

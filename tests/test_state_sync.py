@@ -1,0 +1,139 @@
+"""The app's state on the Hub (cifar.state_sync) against the local Hub-compatible server: uploads
+and labels reach the dataset repository once, through an outage too; the current version is a
+conflict-checked record; an empty disk gets everything back, a corrupt file on the Hub skipped."""
+import json
+
+import huggingface_hub.constants as hub_constants
+import numpy as np
+import pytest
+from hub_server import HubServer
+from PIL import Image
+
+from cifar import config, data, hub as cifar_hub
+from cifar.registry import Registry
+from cifar.state_sync import StateSync
+from cifar.uploads import UploadStore
+
+TOKEN = "hf_statesynctoken123456789"
+MODELS, DATASET = "team/cifar", "team/cifar-data"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    server = HubServer(token=TOKEN).start()
+    for name, value in (("HF_ENDPOINT", server.url), ("HF_TOKEN", TOKEN), ("HF_HUB_DISABLE_XET", "1"),
+                        ("HF_HOME", str(tmp_path / "hf")), ("HF_REPO_ID", MODELS), ("CIFAR_SYNC_SPACING_S", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
+    yield server
+    server.stop()
+
+
+def app_state(root, versions=("shipped",)):
+    """A registry seeded with the shipped version (plus copies of it under other ids), an upload
+    store and their sync, on a disk of their own under `root`."""
+    registry = Registry(root / "models")
+    registry.seed_from(config.shipped_models_dir())
+    for name in versions[1:]:
+        registry.add_folder(registry.current().path, version_id=f"20261201T00000{name}Z-copy")
+    uploads = UploadStore(root / "uploads")
+    return registry, uploads, StateSync(registry, uploads, root)
+
+
+def some_images(folder, count, start=0, name="photo"):
+    x, _ = data.load_npz(data.replay_path())
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + count):
+        paths.append(folder / f"{name}{i}.png")
+        Image.fromarray(x[i]).save(paths[-1])
+    return paths
+
+
+def dataset_files(server) -> dict:
+    return server.repos[f"datasets/{DATASET}"].head()["files"]
+
+
+def test_uploads_and_labels_reach_the_hub_once_and_an_empty_disk_gets_them_back(hub, tmp_path):
+    registry, uploads, sync = app_state(tmp_path / "a")
+    bad = tmp_path / "in" / "notes.png"
+    bad.parent.mkdir()
+    bad.write_text("not a picture")
+    report = uploads.add([*some_images(tmp_path / "in", 40), bad], batch="b1")
+    assert report.accepted == 40 and len(report.rejected) == 1
+    ids = [e["sha1"] for e in uploads.manifest_entries()]
+    for upload_id, label in zip(ids[:10], ["cat", "dog", "none", "ship", "cat"] * 2):
+        uploads.review(upload_id, label)
+    assert sync.where() == "pending" and sync.status()["pending_uploads"] == 40
+    sync.sync_once()
+    sync.sync_once()  # nothing new: no second commit
+    status = sync.status()
+    assert status["pending_uploads"] == status["pending_labels"] == 0 and sync.where() == "hub"
+    files = dataset_files(hub)
+    assert sorted(p for p in files if p.startswith("images/")) == sorted(f"images/{i}.png" for i in ids)  # the refused one never
+    assert sum(len(files[p][0].decode().splitlines()) for p in files if p.startswith("manifest/")) == 40
+    assert sum(len(files[p][0].decode().splitlines()) for p in files if p.startswith("labels/")) == 10
+    assert hub.repos[f"datasets/{DATASET}"].private and len(hub.repos[f"datasets/{DATASET}"].commits) == 1
+    current = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])
+    assert current["version"] == registry.current().id and registry.current().id in hub.repos[MODELS].tags
+
+    # A retried commit (a crash after the commit, before the watermark) writes the same files again.
+    sync.state.update(manifest=0, reviews=0, inflight={"manifest": [0, 40], "reviews": [0, 10]})
+    sync.sync_once()
+    assert dataset_files(hub).keys() == files.keys()
+
+    # A corrupt image on the Hub is left out at restore, with a message; the rest comes back.
+    dataset_files(hub)[f"images/{ids[-1]}.png"] = (b"\x89PNG garbage", None)
+    fresh_registry_empty = Registry(tmp_path / "c" / "models")
+    restorer = StateSync(fresh_registry_empty, UploadStore(tmp_path / "c" / "uploads"), tmp_path / "c")
+    line = restorer.restore()
+    assert "current version" in line and "39 uploads and 10 label lines (1 skipped" in line, line
+    assert fresh_registry_empty.current().id == registry.current().id
+    back = restorer.uploads
+    assert [e["sha1"] for e in back.manifest_entries()] == ids[:-1]
+    assert back.reviews() == uploads.reviews()
+    for upload_id in ids[:-1]:  # the same pixels
+        assert np.array_equal(np.asarray(Image.open(back.image_path(upload_id))),
+                              np.asarray(Image.open(uploads.image_path(upload_id))))
+    assert restorer.status()["pending_uploads"] == 0  # what came from the Hub is not sent back
+
+
+def test_an_outage_keeps_everything_pending_and_it_all_arrives_once_the_hub_is_back(hub, tmp_path):
+    _registry, uploads, sync = app_state(tmp_path / "a")
+    sync.sync_once()                                   # the shipped version and current.json
+    hub.outage = (503, 1)
+    uploads.add(some_images(tmp_path / "in", 12), batch="b1")
+    uploads.review(uploads.manifest_entries()[0]["sha1"], "frog")
+    with pytest.raises(cifar_hub.HubError, match="HTTP 503"):
+        sync.sync_once()
+    assert sync.status()["pending_uploads"] == 12 and sync.where() == "pending"
+    hub.outage = None
+    sync.sync_once()
+    files = dataset_files(hub)
+    assert len([p for p in files if p.startswith("images/")]) == 12
+    assert sum(len(files[p][0].decode().splitlines()) for p in files if p.startswith("labels/")) == 1
+    assert len(hub.repos[f"datasets/{DATASET}"].commits) == 1
+
+
+def test_two_apps_promote_at_once_exactly_one_wins_and_the_other_follows_the_hub(hub, tmp_path):
+    versions = ("shipped", "1", "2")
+    registry_a, _, sync_a = app_state(tmp_path / "a", versions)
+    registry_b, _, sync_b = app_state(tmp_path / "b", versions)
+    served_b = []
+    sync_b.on_current = served_b.append
+    sync_a.sync_once()
+    sync_b.sync_once()                                  # both agree: the shipped version is current
+    shipped = registry_a.current().id
+    assert sync_b.state["current"] == shipped and sync_b.conflict is None
+    registry_a.promote("20261201T000001Z-copy")
+    registry_b.promote("20261201T000002Z-copy")
+    stale = cifar_hub.head(MODELS)
+    sync_a.sync_once()                                  # A first: its record stands
+    with pytest.raises(cifar_hub.HubConflict):          # a commit on the head B read: refused
+        cifar_hub.commit(MODELS, {cifar_hub.CURRENT_FILE: b"{}"}, "late", parent=stale)
+    sync_b.sync_once()                                  # B second: it reads A's record and takes it
+    on_hub = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])["version"]
+    assert on_hub == "20261201T000001Z-copy" == registry_a.current().id == registry_b.current().id
+    assert served_b == [on_hub] and "conflict" in sync_b.conflict and "20261201T000002Z-copy" in sync_b.conflict
