@@ -11,7 +11,10 @@ def _dataset(metadata: dict) -> str:
 
 
 def model_card(version_id: str, metadata: dict, metrics: dict, calibration: dict | None = None,
-               repo: str = "OWNER/REPO") -> str:
+               repo: str = "OWNER/REPO", current_since: str | None = None) -> str:
+    """The model card; `current_since` (a time) says this is the version the app serves now."""
+    current = (f"\n**This is the current version**: the one the app serves since {current_since} "
+               "(`current.json` records it; every version is also a tag).\n" if current_since else "")
     accuracy = metrics.get("accuracy")
     temperature = (calibration or {}).get("temperature")
     results = ""
@@ -46,7 +49,7 @@ pipeline_tag: image-classification
 {results}---
 
 # CIFAR-10 classifier, version `{version_id}`
-
+{current}
 An airbench-style ConvNet (Keras 3) that sorts 32x32 colour images into {len(CLASSES)} classes:
 {', '.join(CLASSES)}.
 

@@ -86,16 +86,17 @@ def _repo() -> str:
     return repo_id
 
 
-def _stage(version: Version, repo_id: str, folder: Path) -> None:
-    """What a push uploads: the version's files, its card naming this repository, and the model
-    also in Keras' folder layout (config.json + model.weights.h5, unzipped from model.keras),
-    which is what `keras.saving.load_model("hf://owner/repo")` reads."""
+def stage(version: Version, repo_id: str, folder: Path, current_since: str | None = None) -> None:
+    """What a push uploads: the version's files, its card naming this repository (saying it is the
+    current one with `current_since`), and the model also in Keras' folder layout (config.json +
+    model.weights.h5, unzipped from model.keras), which `keras.saving.load_model("hf://owner/repo")` reads."""
     for name in PUSHED_FILES:
         if (version.path / name).exists():
             (folder / name).parent.mkdir(exist_ok=True)
             shutil.copy2(version.path / name, folder / name)
     (folder / "README.md").write_text(card.model_card(version.id, version.metadata, version.metrics,
-                                                      version.calibration or None, repo=repo_id))
+                                                      version.calibration or None, repo=repo_id,
+                                                      current_since=current_since))
     with zipfile.ZipFile(version.model_path) as archive:
         for name in KERAS_FOLDER_FILES:
             (folder / name).write_bytes(archive.read(name))
@@ -118,7 +119,7 @@ def push(version: Version, repo_id: str | None = None) -> str:
             if tag.name == version.id:
                 return tag.target_commit
         with tempfile.TemporaryDirectory() as staging:
-            _stage(version, repo_id, Path(staging))
+            stage(version, repo_id, Path(staging))
             commit = api.upload_folder(repo_id=repo_id, folder_path=staging,
                                        commit_message=f"Add version {version.id}",
                                        commit_description=f"Model version {version.id} "

@@ -2,7 +2,8 @@
 
 What lives where (with HF_REPO_ID set; without it nothing here runs):
 - every model version: a tagged commit of the model repository (cifar.hub.push), pushed once;
-- which version is current: `current.json` at the head of the model repository's main, written
+- which version is current: `current.json` at the head of the model repository's main (with that
+  version's files and card, so `hf://repo` loads what serves and the card says it is current), written
   with the head the writer last read as parent commit, so of two writers the second gets a
   conflict (HTTP 412) instead of silently overwriting: it re-reads, and if another app changed the
   current version meanwhile it takes that one (and says so) instead of its own;
@@ -193,9 +194,12 @@ class StateSync:
                 self._adopt(on_hub, local)
                 return
             record = {"version": local, "time": _now(), "writer": self.state["writer"]}
-            try:
-                hub.commit(self.model_repo, {hub.CURRENT_FILE: json.dumps(record, indent=1).encode()},
-                           f"Current version: {local}", parent=parent)
+            try:  # main holds the current version's files and card, so hf://repo loads what serves
+                with tempfile.TemporaryDirectory() as staging:
+                    hub.stage(self.registry.get(local), self.model_repo, Path(staging), current_since=record["time"])
+                    files = {str(path.relative_to(staging)): path for path in Path(staging).rglob("*") if path.is_file()}
+                    hub.commit(self.model_repo, {**files, hub.CURRENT_FILE: json.dumps(record, indent=1).encode()},
+                               f"Current version: {local}", parent=parent)
             except hub.HubConflict:
                 continue  # someone committed since: read again
             self.state["current"] = local
@@ -258,6 +262,8 @@ class StateSync:
         if not self.enabled:
             return {"configured": False}
         entries, reviews = len(self.uploads.manifest_entries()), len(self.uploads.review_entries())
+        if not self.dataset_repo:  # HF_DATASET_ID=off: uploads and labels stay local, nothing waits
+            entries, reviews = self.state["manifest"], self.state["reviews"]
         return {"configured": True, "model_repo": self.model_repo, "dataset_repo": self.dataset_repo,
                 "pending_uploads": entries - self.state["manifest"], "pending_labels": reviews - self.state["reviews"],
                 "current_on_hub": self.state["current"], "commits": self.commits,

@@ -30,19 +30,21 @@ def hub():
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, hub):
     home = tmp_path_factory.mktemp("promotion") / "home"
-    app = AppProcess(home, env={"HF_REPO_ID": REPO, "HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url,
+    app = AppProcess(home, env={"HF_REPO_ID": REPO, "HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url, "HF_DATASET_ID": "off",
                                 "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home.parent / "hf")})
     yield Client(app.url, verbose=False)
     app.stop()
 
 
-def wait_for_push(client, version: str) -> str:
-    """The Hub status Monitoring shows, once the push of `version` has ended."""
+def wait_for_hub(client, hub, version: str) -> dict:
+    """The Hub state Monitoring shows, once `version` is tagged on the Hub and nothing is pending."""
     deadline = time.time() + 300
-    while (status := client.predict(api_name="/monitoring")["hub"]) in ("idle", f"pushing {version}"):
+    while True:
+        status = client.predict(api_name="/monitoring")["hub"]
+        if version in getattr(hub.repos.get(REPO), "tags", {}) and status["pending_uploads"] == 0:
+            return status
         assert time.time() < deadline, status
         time.sleep(0.5)
-    return status
 
 
 def upload_labelled(client, x, labels, path) -> str:
@@ -86,10 +88,14 @@ def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile
     rows = client.predict(api_name="/versions")["data"]
     assert rows[0][0] == result["version"] != before and rows[0][1] == "yes"
     assert current(client) == result["version"] == client.predict(api_name="/monitoring")["version"]
-    # Pushed without being asked, as a tagged commit with its card.
-    assert wait_for_push(client, result["version"]) == f"pushed {result['version']}"
+    # Pushed without being asked, as a tagged commit with its card, and recorded as current there.
+    status = wait_for_hub(client, hub, result["version"])
     repo = hub.repos[REPO]
-    assert result["version"] in repo.tags and "README.md" in repo.resolve(result["version"])["files"]
+    assert "README.md" in repo.resolve(result["version"])["files"] and status["last_error"] is None
+    deadline = time.time() + 120
+    while client.predict(api_name="/monitoring")["hub"]["current_on_hub"] != result["version"]:
+        assert time.time() < deadline
+        time.sleep(0.5)
 
 
 def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(client, hub, tmp_path):
@@ -107,12 +113,12 @@ def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(
     new = text.split("New version **")[1].split("**")[0]
     assert rows[0][0] == new and rows[0][1] != "yes"
     assert current(client) == serving == client.predict(api_name="/monitoring")["version"]
-    # Every new version is kept on the Hub, promoted or not; and any version is pushed on request.
-    assert wait_for_push(client, new) == f"pushed {new}" and new in hub.repos[REPO].tags
-    shipped = rows[-1][0]
-    assert shipped not in hub.repos[REPO].tags
-    message = client.predict(shipped, "", api_name="/push")
-    assert message.startswith(f"Pushed {shipped} to {REPO} (commit ") and shipped in hub.repos[REPO].tags
+    # Every new version is kept on the Hub, promoted or not; a push by hand of one already there
+    # answers with its commit.
+    wait_for_hub(client, hub, new)
+    assert set(hub.repos[REPO].tags) == {row[0] for row in rows}
+    message = client.predict(new, "", api_name="/push")
+    assert message == f"Pushed {new} to {REPO} (commit {hub.repos[REPO].tags[new][:10]}, tag {new})."
 
 
 def test_metrics_compare_two_versions_and_rollback_to_the_previous_one(client):

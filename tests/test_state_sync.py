@@ -2,6 +2,8 @@
 and labels reach the dataset repository once, through an outage too; the current version is a
 conflict-checked record; an empty disk gets everything back, a corrupt file on the Hub skipped."""
 import json
+import re
+import time
 
 import huggingface_hub.constants as hub_constants
 import numpy as np
@@ -78,6 +80,8 @@ def test_uploads_and_labels_reach_the_hub_once_and_an_empty_disk_gets_them_back(
     assert hub.repos[f"datasets/{DATASET}"].private and len(hub.repos[f"datasets/{DATASET}"].commits) == 1
     current = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])
     assert current["version"] == registry.current().id and registry.current().id in hub.repos[MODELS].tags
+    card = hub.repos[MODELS].head()["files"]["README.md"][0].decode()  # main: the current version, said so
+    assert f"version `{current['version']}`" in card and "**This is the current version**" in card
 
     # A retried commit (a crash after the commit, before the watermark) writes the same files again.
     sync.state.update(manifest=0, reviews=0, inflight={"manifest": [0, 40], "reviews": [0, 10]})
@@ -137,3 +141,56 @@ def test_two_apps_promote_at_once_exactly_one_wins_and_the_other_follows_the_hub
     on_hub = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])["version"]
     assert on_hub == "20261201T000001Z-copy" == registry_a.current().id == registry_b.current().id
     assert served_b == [on_hub] and "conflict" in sync_b.conflict and "20261201T000002Z-copy" in sync_b.conflict
+
+
+def test_sigkill_then_an_empty_disk_the_app_comes_back_with_everything(tmp_path):
+    """As a Space restart does it: 200 uploads and 50 labels through the API, a rollback, SIGKILL,
+    then the app on a new empty CIFAR_HOME: the same images, labels, review queue and current version."""
+    import signal
+    import zipfile
+
+    from conftest import AppProcess
+    from gradio_client import Client, handle_file
+
+    server = HubServer(token=TOKEN).start()
+    env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HF_REPO_ID": MODELS, "CIFAR_SYNC_SPACING_S": "1"}
+    app_state(tmp_path / "a" / "home", ("shipped", "1"))  # a second version to roll back to
+    app = AppProcess(tmp_path / "a" / "home", env=env)
+    try:
+        client = Client(app.url, verbose=False)
+        with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+            for path in some_images(tmp_path / "in", 200):
+                archive.write(path, path.name)
+        summary = client.predict([handle_file(str(tmp_path / "photos.zip"))], api_name="/upload")[0]
+        assert "**200 accepted**" in summary and f"On the Hub ({DATASET}): pending" in summary, summary
+        queue = client.predict(50, "", "", api_name="/review_queue")
+        answers = [client.predict(item["id"], item["guess"], "", api_name="/label") for item in queue]
+        assert len(answers) == 50 and answers[-1]["hub"] in ("pending", "hub")
+        client.predict("20261201T000001Z-copy", "", api_name="/rollback")
+        deadline = time.time() + 240
+        while (status := client.predict(api_name="/monitoring")["hub"])["pending_uploads"] or \
+                status["pending_labels"] or status["current_on_hub"] != "20261201T000001Z-copy":
+            assert time.time() < deadline and status["last_error"] is None, status
+            time.sleep(0.5)
+        queue_before = [item["id"] for item in client.predict(20, "", "", api_name="/review_queue")]
+        before = UploadStore(tmp_path / "a" / "home" / "uploads")
+        app.proc.send_signal(signal.SIGKILL)
+        app.proc.wait()
+
+        fresh = AppProcess(tmp_path / "b" / "home", env=env)  # an empty disk
+        try:
+            again = Client(fresh.url, verbose=False)
+            assert [r[0] for r in again.predict(api_name="/versions")["data"] if r[1] == "yes"] == ["20261201T000001Z-copy"]
+            after = UploadStore(tmp_path / "b" / "home" / "uploads")
+            assert [e["sha1"] for e in after.manifest_entries()] == [e["sha1"] for e in before.manifest_entries()]
+            assert after.reviews() == before.reviews() and len(after.reviews()) == 50
+            assert all(after.image_path(i).read_bytes() == before.image_path(i).read_bytes() for i in after.reviews())
+            assert [item["id"] for item in again.predict(20, "", "", api_name="/review_queue")] == queue_before
+            assert re.search(r"restored from the Hub in [\d.]+ s: current version 20261201T000001Z-copy; "
+                             r"200 uploads and 50 label lines", fresh.log.read_text())
+        finally:
+            fresh.stop()
+    finally:
+        app.stop()
+        server.stop()
