@@ -113,6 +113,10 @@ def test_an_outage_keeps_everything_pending_and_it_all_arrives_once_the_hub_is_b
     with pytest.raises(cifar_hub.HubError, match="HTTP 503"):
         sync.sync_once()
     assert sync.status()["pending_uploads"] == 12 and sync.where() == "pending"
+    hub.outage = (429, 7)                               # rate-limited: the wait the Hub asks for is kept
+    with pytest.raises(cifar_hub.HubError) as limited:
+        sync.sync_once()
+    assert limited.value.retry_after == 7 and "HTTP 429" in str(limited.value)
     hub.outage = None
     sync.sync_once()
     files = dataset_files(hub)
