@@ -47,7 +47,7 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
 
     def write(folder: Path):
         serving_model.save(folder / registry.MODEL_FILE)
-        if built_runtime is not None:
+        if built_runtime is not None and (Path(built_runtime) / runtime.FOLDER).is_dir():  # none without OpenVINO
             shutil.copytree(Path(built_runtime) / runtime.FOLDER, folder / runtime.FOLDER)
             status = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
         else:

@@ -7,7 +7,7 @@ import huggingface_hub.constants as hub_constants
 import numpy as np
 from hub_server import HubServer
 
-from cifar import CLASSES, config, data, runtime, serving
+from cifar import CLASSES, config, data, model as net, runtime, serving, versions
 from cifar.registry import Registry
 from cifar.ui.predict import unsure_note
 
@@ -52,3 +52,19 @@ def test_an_unsure_answer_says_so_and_a_sure_one_names_the_class():
     unsure = dict.fromkeys(CLASSES, 0.05) | {"cat": 0.41, "dog": 0.19}
     assert unsure_note(unsure) == "Not sure: the best guess, cat, has only 41% confidence."
     assert unsure_note(dict.fromkeys(CLASSES, 0.01) | {"ship": 0.91}) == "ship (91% confident)"
+
+
+def test_a_version_saved_without_openvino_says_why_and_the_save_does_not_fail(monkeypatch, tmp_path):
+    """A retrain hands over the folder where it built the runtime; without OpenVINO there is none
+    (this once failed every retrain on such a machine): the version is saved, Keras serves it."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    shipped = Registry(config.shipped_models_dir()).current()
+    registry = Registry(tmp_path / "registry")
+    (tmp_path / "staging").mkdir()
+    version = versions.save_model_version(registry, "retrain", net.load(shipped.model_path), {"parent": shipped.id},
+                                          {"accuracy": 0.9, "per_class": {}, "tta_level": 2}, {},
+                                          built_runtime=tmp_path / "staging")
+    assert (version.path / "model.keras").exists() and not (version.path / runtime.FOLDER).exists()
+    assert version.metadata["runtime"]["why"] == "OpenVINO is not installed (pip install openvino nncf)"
+    served = serving.load_predictor(version, 2)
+    assert not isinstance(served.network, runtime.OpenVINONetwork)
