@@ -14,6 +14,7 @@ from cifar.ui.predict import unsure_note
 
 def test_without_openvino_and_without_batching_keras_serves_right_answers_and_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as where it is not installed
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # (a cap would turn it off for another reason)
     monkeypatch.setenv("CIFAR_MAX_BATCH", "1")
     from cifar.service import Service
 
@@ -58,6 +59,7 @@ def test_a_version_saved_without_openvino_says_why_and_the_save_does_not_fail(mo
     """A retrain hands over the folder where it built the runtime; without OpenVINO there is none
     (this once failed every retrain on such a machine): the version is saved, Keras serves it."""
     monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     shipped = Registry(config.shipped_models_dir()).current()
     registry = Registry(tmp_path / "registry")
     (tmp_path / "staging").mkdir()
