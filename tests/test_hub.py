@@ -105,6 +105,7 @@ def test_app_can_start_from_the_newest_pushed_version(hub, two_versions, monkeyp
     cifar_hub.push(new)
     monkeypatch.setenv("CIFAR_FROM_HUB", "1")
     service = Service()  # a fresh CIFAR_HOME (see conftest): everything comes from the Hub
+    service.sync.stop()  # its Hub sync thread must not outlive this test's server
     assert service.predictor.version == new.id
     assert service.registry.promotions()[-1][2] == "pulled from the Hub at start"
 
