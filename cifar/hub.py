@@ -175,9 +175,11 @@ def ensure_repo(repo_id: str, repo_type: str = "model", private: bool = True) ->
 
 
 def head(repo_id: str, repo_type: str = "model") -> str | None:
-    """The commit at the head of main, or None for an empty repository."""
+    """The commit at the head of main, or None for an empty or missing repository."""
     try:
         refs = _api().list_repo_refs(repo_id, repo_type=repo_type)
+    except errors.RepositoryNotFoundError:
+        return None
     except Exception as exc:
         raise _explain(exc, repo_id) from None
     return next((branch.target_commit for branch in refs.branches if branch.name == "main"), None)
@@ -210,13 +212,8 @@ def read_file(repo_id: str, path: str, revision: str | None = None, repo_type: s
 
 def download(repo_id: str, folder: Path, repo_type: str = "model", patterns: list[str] | None = None) -> Path | None:
     """Every file of main (or those matching `patterns`) into `folder`; None for an empty or missing repository."""
-    try:
-        if head(repo_id, repo_type) is None:
-            return None
-    except HubError as exc:
-        if "not found" in str(exc):
-            return None
-        raise
+    if head(repo_id, repo_type) is None:
+        return None
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=folder, allow_patterns=patterns,
                                       token=os.environ.get("HF_TOKEN") or None))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import config, hub
 from .registry import Registry, RegistryError, write_json_atomic
-from .uploads import UploadStore
+from .uploads import UploadStore, read_lines
 
 log = logging.getLogger("cifar")
 
@@ -120,9 +120,8 @@ class StateSync:
             folder = hub.download(self.dataset_repo, Path(work), repo_type="dataset")
             if folder is None:
                 return None
-            entries = [line for path in sorted((folder / "manifest").glob("*.jsonl"))
-                       for line in _read(path)]
-            reviews = [line for path in sorted((folder / "labels").glob("*.jsonl")) for line in _read(path)]
+            entries = [line for path in sorted((folder / "manifest").glob("*.jsonl")) for line in read_lines(path)]
+            reviews = [line for path in sorted((folder / "labels").glob("*.jsonl")) for line in read_lines(path)]
             images = folder / "images"
             count, labels, skipped = self.uploads.import_copy(
                 entries, reviews, lambda name: images / name if (images / name).is_file() else None)
@@ -152,6 +151,7 @@ class StateSync:
     def _run(self) -> None:
         failures = 0
         while not self._stop:
+            self._wake.clear()  # before looking: a change made while it syncs wakes the next round
             try:
                 wait = self.sync_once()
                 failures = 0
@@ -160,7 +160,6 @@ class StateSync:
                 self.last_error = f"{_now()}: {exc}"
                 log.warning("Hub sync failed (%d in a row), retrying: %s", failures, exc)
                 wait = min(MAX_BACKOFF_S, max(exc.retry_after or 0, 5 * 2 ** (failures - 1)))
-            self._wake.clear()
             self._wake.wait(wait)
 
     def sync_once(self) -> float:
@@ -172,7 +171,7 @@ class StateSync:
 
     def _push_versions(self) -> None:
         """Every local version the Hub lacks (a new retrain; the shipped one only once current)."""
-        shipped = {p.name for p in (config.shipped_models_dir() / "versions").glob("*")}
+        shipped = {version.id for version in Registry(config.shipped_models_dir()).list()}
         current = self.registry.current().id
         for version in self.registry.list():
             if version.id in self.state["pushed"] or (version.id in shipped and version.id != current):
@@ -276,12 +275,3 @@ class StateSync:
         status = self.status()
         return "hub" if status["pending_uploads"] == 0 and status["pending_labels"] == 0 else "pending"
 
-
-def _read(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

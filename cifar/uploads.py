@@ -104,7 +104,8 @@ class UnknownUpload(KeyError):
     """A review names an upload the store does not hold."""
 
 
-def _read_lines(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[dict]:
+    """The JSON lines of an append-only file, oldest first; a line cut by a crash is left out."""
     if not path.exists():
         return []
     out = []
@@ -132,7 +133,7 @@ class UploadStore:
         ("review", "name", None); `excluded` marks one reviewed as none of the ten classes."""
         reviews = self.reviews()
         out = []
-        for record in _read_lines(self.manifest):
+        for record in read_lines(self.manifest):
             if not (self.images_dir / record["image"]).exists():
                 continue
             record["source"] = "name" if record["label"] else None
@@ -149,7 +150,7 @@ class UploadStore:
         """The standing review of each reviewed upload: a class name or NOT_A_CLASS (the last
         line for an upload wins; a line with label None clears it)."""
         standing: dict[str, str] = {}
-        for line in _read_lines(self.reviews_file):
+        for line in read_lines(self.reviews_file):
             if line.get("label") is None:
                 standing.pop(line["id"], None)
             else:
@@ -158,14 +159,14 @@ class UploadStore:
 
     def manifest_entries(self) -> list[dict]:
         """The manifest's lines as written, oldest first (what a copy elsewhere needs)."""
-        return _read_lines(self.manifest)
+        return read_lines(self.manifest)
 
     def review_entries(self) -> list[dict]:
         """The review lines as written, oldest first."""
-        return _read_lines(self.reviews_file)
+        return read_lines(self.reviews_file)
 
     def review_history(self, upload_id: str) -> list[dict]:
-        return [line for line in _read_lines(self.reviews_file) if line["id"] == upload_id]
+        return [line for line in read_lines(self.reviews_file) if line["id"] == upload_id]
 
     def image_path(self, upload_id: str) -> Path:
         return self.images_dir / f"{upload_id}.png"
