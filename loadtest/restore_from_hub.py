@@ -10,6 +10,7 @@ the state took to get there (the local Hub-compatible server of the tests stands
    time it logs, and the time until it answered on its port.
 """
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -19,7 +20,9 @@ from pathlib import Path
 from run import ROOT, App  # loadtest/run.py: it puts the repository on sys.path
 
 sys.path.insert(0, str(ROOT / "tests"))
+import huggingface_hub.constants as constants
 from hub_server import HubServer
+from PIL import Image
 
 from cifar import CLASSES, config, cpu, data
 from cifar.registry import Registry
@@ -35,15 +38,12 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=500)
     parser.add_argument("--versions", type=int, default=3)
     args = parser.parse_args()
-    import os
-
     server = HubServer(token=TOKEN).start()
     work = Path(tempfile.mkdtemp(prefix="restore-bench-"))
     env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf"),
            "HF_REPO_ID": MODELS, "CIFAR_SYNC_SPACING_S": "0"}
     os.environ.update(env)
-    import huggingface_hub.constants as constants  # read at import: point them at the server
-
+    # huggingface_hub read the endpoint when cifar.hub imported it: point it at the server
     constants.ENDPOINT, constants.HF_HUB_DISABLE_XET = server.url, True
     constants.HUGGINGFACE_CO_URL_TEMPLATE = server.url + "/{repo_id}/resolve/{revision}/{filename}"
     try:
@@ -58,8 +58,6 @@ def main() -> None:
         x, _ = data.load_npz(data.replay_path())
         folder = work / "images"
         folder.mkdir()
-        from PIL import Image
-
         paths = []
         for i in range(args.uploads):
             paths.append(folder / f"photo{i}.png")
