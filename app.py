@@ -41,6 +41,8 @@ def main() -> None:
                   blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
     demo.launch(share=args.share, prevent_thread_lock=True, js=KEYS_JS, **launch)
     demo.server_app.add_api_route("/api/retrain_status", status_route(service), methods=["GET"])
+    # Outside Gradio's queue: a load balancer's health check stays quick under any load.
+    demo.server_app.add_api_route("/healthz", service.health, methods=["GET"])
     if args.share:
         # Offline or blocked, Gradio cannot open the tunnel; say so plainly and keep serving locally.
         print(f"Public link: {demo.share_url}" if demo.share_url else

@@ -1,5 +1,5 @@
 """Command line: python -m cifar COMMAND (get-data, train, evaluate, calibrate, convert, versions,
-promote, rollback, push, pull, and the bench-* commands of cifar.benchmarks).
+promote, rollback, push, pull, serve-cluster, and the bench-* commands of cifar.benchmarks).
 
 Each command imports the heavy modules (TensorFlow, OpenVINO, the Hub client) when it runs, for
 start-up time: `versions` or `--help` answers without loading TensorFlow.
@@ -179,6 +179,34 @@ def cmd_pull(args) -> None:
     print(f"pulled {version.id} into {version.path}")
 
 
+def cmd_serve_cluster(args) -> None:
+    from .cluster import Cluster
+
+    if not config.hub_repo_id():
+        print("warning: HF_REPO_ID is not set, so the replicas share nothing (versions, uploads, labels, "
+              "retrains stay on the replica that made them); set HF_REPO_ID and HF_TOKEN to share them "
+              "through the Hub", flush=True)
+    home = Path(args.home) if args.home else None
+    cluster = Cluster(args.replicas, port=args.port, home=home, host=args.host)
+    print(f"starting {args.replicas} replicas and HAProxy (replica logs in {cluster.home})", flush=True)
+    cluster.start()
+    for replica in cluster.replicas:
+        print(f"  {replica.name}: {replica.url} (CIFAR_HOME {replica.home})", flush=True)
+    print(f"serving at http://{args.host}:{cluster.port} (HAProxy stats: http://127.0.0.1:{cluster.stats_port}/stats); "
+          "Ctrl-C stops everything", flush=True)
+    try:
+        while True:  # a replica that exits is started again, as a supervisor would
+            time.sleep(2)
+            for replica in cluster.replicas:
+                if replica.proc.poll() is not None:
+                    print(f"{replica.name} exited ({replica.proc.returncode}); starting it again", flush=True)
+                    replica.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cifar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +235,12 @@ def main(argv=None) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--tta", type=int, default=2, help="test-time augmentation: 0 none, 1 flip, 2 flip+shift")
     p.set_defaults(run=cmd_evaluate)
+    p = commands.add_parser("serve-cluster", help="N replicas of the app behind HAProxy on this machine")
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--port", type=int, default=7860, help="the balancer's port")
+    p.add_argument("--host", default="127.0.0.1", help="the balancer's address (0.0.0.0: every interface)")
+    p.add_argument("--home", default=None, help="folder of the replicas' CIFAR_HOMEs (default: a new temporary one)")
+    p.set_defaults(run=cmd_serve_cluster)
     benchmarks.add_commands(commands)
     for name, run, help_text in (("versions", cmd_versions, "list versions (* = current)"),
                                  ("promote", cmd_promote, "make a version current"),

@@ -18,9 +18,13 @@ imports nothing of the package).
 | HF_REPO_ID          | (unset)            | Hub model repository that receives every new version     |
 | HF_DATASET_ID       | HF_REPO_ID + "-data" | private Hub dataset repository that keeps uploads and labels ("off": none) |
 | CIFAR_SYNC_SPACING_S | 60                | seconds at least between two commits of uploads and labels |
+| CIFAR_FOLLOW_S      | 20                 | how often the app looks at the Hub for another replica's current version, uploads, labels |
+| CIFAR_REPLICA       | (host name)        | this replica's name, shown to the others while it retrains |
+| CIFAR_CLAIM_TTL_S   | 600                | a retrain claim not renewed for this long is expired (its replica died) |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
 import os
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +104,22 @@ def sync_spacing_seconds() -> float:
     """CIFAR_SYNC_SPACING_S: the least time between two commits of uploads and labels (60 s keeps
     a busy app at 60 commits an hour, half of what the Hub allows a repository)."""
     return float(os.environ.get("CIFAR_SYNC_SPACING_S") or 60)
+
+
+def follow_seconds() -> float:
+    """CIFAR_FOLLOW_S: how often the app polls the Hub (two cheap ref reads) for what other
+    replicas changed; 20 s keeps a promotion anywhere served everywhere within a minute."""
+    return float(os.environ.get("CIFAR_FOLLOW_S") or 20)
+
+
+def replica_name() -> str:
+    """CIFAR_REPLICA, else this machine's name (a Space container's is its own)."""
+    return (os.environ.get("CIFAR_REPLICA") or socket.gethostname())[:64]
+
+
+def claim_ttl_seconds() -> float:
+    """CIFAR_CLAIM_TTL_S: a retrain claim lives this long unless its replica renews it."""
+    return float(os.environ.get("CIFAR_CLAIM_TTL_S") or 600)
 
 
 def start_from_hub() -> bool:

@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, errors, hf_hub_download, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, RepoFile, errors, hf_hub_download, snapshot_download
 from huggingface_hub.utils import disable_progress_bars
 
 from . import card, config, cpu, model as net, runtime
@@ -210,12 +210,26 @@ def read_file(repo_id: str, path: str, revision: str | None = None, repo_type: s
         raise _explain(exc, repo_id) from None
 
 
-def download(repo_id: str, folder: Path, repo_type: str = "model", patterns: list[str] | None = None) -> Path | None:
-    """Every file of main (or those matching `patterns`) into `folder`; None for an empty or missing repository."""
-    if head(repo_id, repo_type) is None:
+def download(repo_id: str, folder: Path, repo_type: str = "model", patterns: list[str] | None = None,
+             revision: str | None = None) -> Path | None:
+    """Every file of `revision` (the head of main), or those matching `patterns`, into `folder`;
+    None for an empty or missing repository."""
+    if revision is None and head(repo_id, repo_type) is None:
         return None
     try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=folder, allow_patterns=patterns,
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_dir=folder,
+                                      allow_patterns=patterns,
                                       token=os.environ.get("HF_TOKEN") or None))
+    except Exception as exc:
+        raise _explain(exc, repo_id) from None
+
+
+def list_files(repo_id: str, folder: str, repo_type: str = "model", revision: str | None = None) -> list[str]:
+    """Paths of the files directly in `folder` at `revision` (main); [] where it is not there."""
+    try:
+        return [item.path for item in _api().list_repo_tree(repo_id, path_in_repo=folder, revision=revision,
+                                                              repo_type=repo_type) if isinstance(item, RepoFile)]
+    except (errors.EntryNotFoundError, errors.RepositoryNotFoundError):
+        return []
     except Exception as exc:
         raise _explain(exc, repo_id) from None

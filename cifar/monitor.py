@@ -48,6 +48,11 @@ class Monitor:
         with self._lock:
             self._served.clear()
 
+    def counts(self) -> dict[str, int]:
+        """Requests answered per endpoint since the start."""
+        with self._lock:
+            return dict(self._requests)
+
     def snapshot(self) -> list[dict]:
         """One row per endpoint: requests, errors, p50/p95/p99 latency in ms."""
         with self._lock:

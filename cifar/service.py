@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, cpu, images, runtime, serving, train
+from . import CLASSES, config, cpu, images, retrain_claim, runtime, serving, train
 from .hub import HubError, push as hub_push
 from .jobs import Busy, JobRunner, JobStore, UnknownJob
 from .learning import calibration, estimate, retrain as learning_retrain, review
@@ -267,11 +267,24 @@ class Service:
         params = {"threshold": train.RETRAIN["threshold"] if threshold is None else float(threshold),
                   "epochs": None if epochs is None else int(epochs)}
         try:
-            return start(params)
+            if self.retrains.running:
+                raise Busy(self.retrains.running)
+            # With replicas, one retrain for the whole deployment: claimed on the Hub first.
+            params["uploads_revision"] = self.sync.claim_retrain(new_version_id("retrain"))
+            try:
+                return start(params)
+            except Busy:
+                raise
+            except BaseException:
+                self.sync.release_retrain("did not start")
+                raise
         except Busy as busy:
             since = busy.job["created"][11:19]
             raise UserError(f"A retrain is already running (since {since} UTC, job {busy.job['id']}); "
                             "wait for it to finish.") from None
+        except retrain_claim.Claimed as claimed:
+            raise UserError(f"A retrain is already running in this deployment: {claimed}. Only one runs at a "
+                            "time; its new version is served here too once promoted.") from None
 
     def retrain_status(self, job_id: str | None = None) -> dict | None:
         """A retrain job (the latest when `job_id` is empty): state, phase, progress, and its result
@@ -291,6 +304,15 @@ class Service:
     def _retrain(self, params: dict, report) -> dict:
         """Fine-tune the current version on all uploads (cifar.learning.retrain), save it as a new
         version, and serve it if the promotion rule lets it."""
+        try:
+            result = self._retrain_here(params, report)
+        except Exception as exc:
+            self.sync.release_retrain(f"failed: {exc}")
+            raise
+        self.sync.release_retrain(f"{result['version']} {'promoted' if result['promoted'] else 'not promoted'}")
+        return result
+
+    def _retrain_here(self, params: dict, report) -> dict:
         if params.get("yield_to_serving"):
             report = cpu.yielding(report)
         serving_now = self._predictor
@@ -301,6 +323,7 @@ class Service:
                 params["threshold"], params["epochs"], report)
         except learning_retrain.NothingToLearn as exc:
             raise UserError(str(exc)) from None
+        result["uploads_revision"] = params.get("uploads_revision")  # the Hub's uploads it learned from
         write_json_atomic(config.cache_dir() / f"holdout-{result['version']}.json", result["after"])
         if result["promoted"]:
             report(0.95, "switching predictions to the new version")
@@ -309,6 +332,13 @@ class Service:
         return result
 
     # --- monitoring ----------------------------------------------------------------------
+    def health(self) -> dict:
+        """What a load balancer's health check and a cluster report need, cheaply: the version
+        served, this replica's name, and the requests it has answered per endpoint."""
+        return {"status": "ok", "version": self._predictor.version, "replica": self.sync.replica,
+                "retrain": "running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle",
+                "requests": self.monitor.counts()}
+
     def monitoring(self) -> dict:
         """The model in the field as plain numbers (the /monitoring endpoint): the rolling
         window's estimated accuracy against the held-out reference, the alert, the mixes."""
@@ -320,7 +350,8 @@ class Service:
                      cpu=cpu.info()["model"], precision=cpu.precision(), runtime=runtime.describe(predictor.runtime),
                      tta_levels={str(level): self.batcher.levels[level] for level in range(predictor.tta_level + 1)}
                      if self.batcher else {},
-                     retrain="running" if self.retrains.running else "idle", hub=self.sync.status(),
+                     retrain="running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle",
+                     hub=self.sync.status(),
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
             field["alert_message"] = alert_message(field)

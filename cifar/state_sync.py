@@ -17,6 +17,13 @@ Why plain `create_commit` and not `CommitScheduler`: the current version needs `
 (which the scheduler cannot set), the app must know which lines are on the Hub (the scheduler
 re-uploads a folder on a timer and reports nothing per file), and it must back off on 429/503.
 
+Replicas (several apps configured with the same repositories) follow each other through the
+same records: every CIFAR_FOLLOW_S the thread reads the two heads of main (one cheap call each);
+when the model repository's moved and `current.json` names another version, it pulls that one,
+loads it beside the one serving and swaps it in; when the dataset repository's moved, it imports
+the manifest and label files other writers added. A retrain is claimed for the whole deployment
+first (cifar.retrain_claim), on the uploads as of the dataset's head.
+
 One thread commits: an upload at once, labels after LABEL_QUIET_S without a new one, never two
 dataset commits within CIFAR_SYNC_SPACING_S (60 s: at most 60 an hour, the Hub allows ~128).
 What it has committed is kept in CIFAR_HOME/sync.json (the watermarks); the range of a commit is
@@ -33,7 +40,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import config, hub
+from . import config, hub, retrain_claim
 from .registry import Registry, RegistryError, write_json_atomic
 from .uploads import UploadStore, read_lines
 
@@ -62,6 +69,14 @@ class StateSync:
         except (OSError, ValueError):
             self.state = {"writer": uuid.uuid4().hex[:8], "manifest": 0, "reviews": 0, "inflight": None,
                           "current": None, "pushed": []}
+        self.state.setdefault("imported", [])  # dataset files of other writers already in the store
+        self.replica = config.replica_name()
+        self.claim: dict | None = None           # this replica's retrain claim while it retrains
+        self.claim_elsewhere: dict | None = None  # another replica's, as last read
+        self.followed: str | None = None          # when the Hub was last read for others' changes
+        self._heads: dict[str, str | None] = {}   # the heads of main last followed
+        self._next_follow = 0.0
+        self._follow_lock = threading.Lock()
         self.last_success: str | None = None
         self.last_error: str | None = None
         self.conflict: str | None = None
@@ -116,21 +131,45 @@ class StateSync:
         return f"current version {record['version']}"
 
     def _restore_uploads(self) -> str | None:
-        with tempfile.TemporaryDirectory() as work:
-            folder = hub.download(self.dataset_repo, Path(work), repo_type="dataset")
-            if folder is None:
-                return None
-            entries = [line for path in sorted((folder / "manifest").glob("*.jsonl")) for line in read_lines(path)]
-            reviews = [line for path in sorted((folder / "labels").glob("*.jsonl")) for line in read_lines(path)]
-            images = folder / "images"
-            count, labels, skipped = self.uploads.import_copy(
-                entries, reviews, lambda name: images / name if (images / name).is_file() else None)
-        for line in skipped:
-            log.warning("restore: %s", line)
+        count, labels, skipped = self._import_others()
+        if not count and not labels:
+            return None
         self.state.update(manifest=len(self.uploads.manifest_entries()), reviews=len(self.uploads.review_entries()),
                           inflight=None)
         self._save()
         return f"{count} uploads and {labels} label lines" + (f" ({len(skipped)} skipped: {skipped[0]}...)" if skipped else "")
+
+    def _import_others(self, revision: str | None = None) -> tuple[int, int, list[str]]:
+        """Bring into the store the manifest and label files other writers (other replicas, or
+        this app before a restart on an empty disk) committed to the dataset repository as of
+        `revision` (the head). Returns (uploads, label lines, skipped)."""
+        with self._follow_lock:
+            revision = revision or hub.head(self.dataset_repo, "dataset")
+            if revision is None:
+                return 0, 0, []
+            own, done = f"{self.state['writer']}-", set(self.state["imported"])
+            new = [path for folder in ("manifest", "labels")
+                   for path in hub.list_files(self.dataset_repo, folder, "dataset", revision)
+                   if path.endswith(".jsonl") and not path.split("/")[-1].startswith(own) and path not in done]
+            if not new:
+                return 0, 0, []
+            with tempfile.TemporaryDirectory() as work:
+                folder = hub.download(self.dataset_repo, Path(work), "dataset", patterns=new, revision=revision)
+                entries = [line for path in new if path.startswith("manifest/") for line in read_lines(folder / path)]
+                reviews = [line for path in new if path.startswith("labels/") for line in read_lines(folder / path)]
+                have = {line.get("sha1") for line in self.uploads.manifest_entries()}
+                wanted = [f"images/{e['sha1']}.png" for e in entries if e.get("sha1") not in have]
+                if wanted:
+                    hub.download(self.dataset_repo, Path(work), "dataset", patterns=wanted, revision=revision)
+                images = folder / "images"
+                count, labels, skipped = self.uploads.import_copy(
+                    entries, reviews, lambda name: images / name if (images / name).is_file() else None,
+                    origin="hub")
+            for line in skipped:
+                log.warning("from the Hub: %s", line)
+            self.state["imported"].extend(new)
+            self._save()
+            return count, labels, skipped
 
     # --- the sync thread ----------------------------------------------------------------------
     def start(self) -> None:
@@ -167,7 +206,13 @@ class StateSync:
         looking again (something left that waits for the spacing or the label pause)."""
         self._push_versions()
         self._publish_current()
-        return self._commit_uploads()
+        wait = self._commit_uploads()
+        if time.monotonic() >= self._next_follow:
+            self._follow()
+            self._next_follow = time.monotonic() + config.follow_seconds()
+        if self.claim and self.claim["expires"] - time.time() < config.claim_ttl_seconds() / 2:
+            self.claim = retrain_claim.renew(self.model_repo, self.claim)
+        return min(wait, max(0.0, self._next_follow - time.monotonic()))
 
     def _push_versions(self) -> None:
         """Every local version the Hub lacks (a new retrain; the shipped one only once current)."""
@@ -206,18 +251,79 @@ class StateSync:
             self._succeeded()
             local = self.registry.current().id
 
-    def _adopt(self, on_hub: str, local: str) -> None:
+    def _adopt(self, on_hub: str, local: str, conflict: bool = True) -> None:
+        """Serve `on_hub` (pulled if this disk lacks it), loaded and swapped in before the
+        registry says it is current: a version that cannot load never becomes current here."""
         try:
             self.registry.get(on_hub)
         except RegistryError:
             hub.pull(self.registry, on_hub, self.model_repo)
-        self.registry.promote(on_hub, reason=f"another app made it current on the Hub (this one had {local})")
+        self.on_current(on_hub)
+        reason = (f"another app made it current on the Hub (this one had {local})" if conflict
+                  else "made current on another replica (followed from the Hub)")
+        self.registry.promote(on_hub, reason=reason)
         self.state["current"] = on_hub
         self._save()
-        self.conflict = (f"{_now()}: conflict: another app made {on_hub} current on the Hub while this one "
-                         f"made {local} current; {on_hub} serves here too")
-        log.warning(self.conflict)
-        self.on_current(on_hub)
+        if conflict:
+            self.conflict = (f"{_now()}: conflict: another app made {on_hub} current on the Hub while this one "
+                             f"made {local} current; {on_hub} serves here too")
+            log.warning(self.conflict)
+        else:
+            log.info("following the Hub: %s is current now (was %s)", on_hub, local)
+
+    def _follow(self) -> None:
+        """What other replicas changed: the current version (and the retrain claim), then the
+        uploads and labels. Two ref reads when nothing changed."""
+        head = hub.head(self.model_repo)
+        if head and head != self._heads.get("model"):
+            raw = hub.read_file(self.model_repo, hub.CURRENT_FILE, revision=head)
+            on_hub, local = json.loads(raw)["version"] if raw else None, self.registry.current().id
+            # Only a change made elsewhere: a local one not yet published is _publish_current's.
+            if on_hub and on_hub != local and self.state["current"] == local:
+                self._adopt(on_hub, local, conflict=False)
+            claim = retrain_claim.read(self.model_repo, head)
+            self.claim_elsewhere = claim if retrain_claim.active(claim) and claim["replica"] != self.replica else None
+            self._heads["model"] = head
+        if self.dataset_repo:
+            head = hub.head(self.dataset_repo, "dataset")
+            if head and head != self._heads.get("dataset"):
+                count, labels, _ = self._import_others(head)
+                if count or labels:
+                    log.info("from other replicas: %d uploads and %d label lines", count, labels)
+                self._heads["dataset"] = head
+        self.followed = _now()
+
+    # --- one retrain at a time across replicas -----------------------------------------------
+    def claim_retrain(self, job: str) -> str | None:
+        """Claim the deployment's retrain for this replica, after importing every upload and label
+        the Hub has (the retrain learns from the uploads as of that revision); returns that
+        revision. Without a Hub there is nothing to claim; with the Hub unreachable the retrain
+        goes ahead on this replica alone (the current version's record still settles which
+        version serves).
+
+        Raises:
+            retrain_claim.Claimed: another replica is retraining.
+        """
+        if not self.enabled:
+            return None
+        try:
+            revision = hub.head(self.dataset_repo, "dataset") if self.dataset_repo else None
+            if revision:
+                self._import_others(revision)
+            self.claim = retrain_claim.acquire(self.model_repo, self.replica, job, revision)
+            self.claim_elsewhere = None
+            return revision
+        except hub.HubError as exc:
+            log.warning("retrain not claimed on the Hub (%s); it runs on this replica alone", exc)
+            return None
+
+    def release_retrain(self, outcome: str) -> None:
+        claim, self.claim = self.claim, None
+        if claim:
+            try:
+                retrain_claim.release(self.model_repo, claim, outcome)
+            except hub.HubError as exc:
+                log.warning("retrain claim not released (it expires by itself): %s", exc)
 
     def _commit_uploads(self) -> float:
         if not self.dataset_repo:
@@ -236,16 +342,20 @@ class StateSync:
         self.state["inflight"] = inflight
         self._save()
         writer = self.state["writer"]
+        own_entries = [entry for entry in entries[m0:m1] if not entry.get("origin")]  # not what came from the Hub
+        own_reviews = [line for line in reviews[r0:r1] if not line.get("origin")]
         files: dict[str, bytes | Path] = {}
-        for entry in entries[m0:m1]:
+        for entry in own_entries:
             files[f"images/{entry['image']}"] = self.uploads.images_dir / entry["image"]
-        if m1 > m0:
-            files[f"manifest/{writer}-{m0:07d}-{m1:07d}.jsonl"] = _jsonl(entries[m0:m1])
-        if r1 > r0:
-            files[f"labels/{writer}-{r0:07d}-{r1:07d}.jsonl"] = _jsonl(reviews[r0:r1])
-        hub.ensure_repo(self.dataset_repo, "dataset", private=True)
-        hub.commit(self.dataset_repo, files, f"{m1 - m0} uploads, {r1 - r0} labels from {writer}", repo_type="dataset")
-        self._last_dataset_commit = time.monotonic()
+        if own_entries:
+            files[f"manifest/{writer}-{m0:07d}-{m1:07d}.jsonl"] = _jsonl(own_entries)
+        if own_reviews:
+            files[f"labels/{writer}-{r0:07d}-{r1:07d}.jsonl"] = _jsonl(own_reviews)
+        if files:
+            hub.ensure_repo(self.dataset_repo, "dataset", private=True)
+            hub.commit(self.dataset_repo, files, f"{len(own_entries)} uploads, {len(own_reviews)} labels from {writer}",
+                       repo_type="dataset")
+            self._last_dataset_commit = time.monotonic()
         self.state.update(manifest=m1, reviews=r1, inflight=None)
         self._save()
         self._succeeded()
@@ -266,7 +376,14 @@ class StateSync:
         return {"configured": True, "model_repo": self.model_repo, "dataset_repo": self.dataset_repo,
                 "pending_uploads": entries - self.state["manifest"], "pending_labels": reviews - self.state["reviews"],
                 "current_on_hub": self.state["current"], "commits": self.commits,
-                "last_success": self.last_success, "last_error": self.last_error, "conflict": self.conflict}
+                "last_success": self.last_success, "last_error": self.last_error, "conflict": self.conflict,
+                "replica": self.replica, "followed": self.followed,
+                "retrain_elsewhere": self.retrain_elsewhere()}
+
+    def retrain_elsewhere(self) -> str | None:
+        """"retraining on replica X since ..." while another replica holds the claim, as last read."""
+        claim = self.claim_elsewhere
+        return retrain_claim.describe(claim) if retrain_claim.active(claim) else None
 
     def where(self) -> str:
         """Where what was just saved is: "hub" (every line synced), "pending", or "local only"."""

@@ -150,7 +150,9 @@ class UploadStore:
         """The standing review of each reviewed upload: a class name or NOT_A_CLASS (the last
         line for an upload wins; a line with label None clears it)."""
         standing: dict[str, str] = {}
-        for line in read_lines(self.reviews_file):
+        # By time, not by file order: lines from other replicas arrive late, and every replica
+        # must agree which label is the last.
+        for line in sorted(read_lines(self.reviews_file), key=lambda line: line.get("time", 0)):
             if line.get("label") is None:
                 standing.pop(line["id"], None)
             else:
@@ -277,12 +279,20 @@ class UploadStore:
         return report
 
     # --- a copy from elsewhere (the Hub) ----------------------------------------------------
-    def import_copy(self, entries: list[dict], reviews: list[dict], image_file) -> tuple[int, int, list[str]]:
-        """Fill an empty store from a copy: manifest `entries` (deduplicated by image hash), the
-        `reviews` (ordered by time, as written), and `image_file(name) -> Path | None` for each
-        image. An image that is missing, undecodable or not the pixels its hash names is skipped
-        and said so; so are reviews of uploads not restored. Returns (uploads, reviews, skipped)."""
-        skipped, kept, seen = [], [], set()
+    def import_copy(self, entries: list[dict], reviews: list[dict], image_file,
+                    origin: str | None = None) -> tuple[int, int, list[str]]:
+        """Add what a copy elsewhere holds (the Hub: a restore, or another replica's uploads):
+        manifest `entries` the store lacks (by image hash), the `reviews` it lacks (a line
+        identical to one it has is the same line), and `image_file(name) -> Path | None` for each
+        new image. An image that is missing, undecodable or not the pixels its hash names is
+        skipped and said so; so are reviews of uploads the store does not hold. Each added line
+        is marked with `origin` (who wrote it first), so it is never synced back as this app's
+        own. Returns (uploads, reviews, skipped)."""
+        skipped, kept = [], []
+        with self._lock:
+            seen = {line.get("sha1") for line in read_lines(self.manifest)}
+            have = {json.dumps({k: v for k, v in line.items() if k != "origin"}, sort_keys=True)
+                    for line in read_lines(self.reviews_file)}
         for entry in entries:
             digest = str(entry.get("sha1", ""))
             if not re.fullmatch(r"[0-9a-f]{40}", digest) or digest in seen:
@@ -299,11 +309,14 @@ class UploadStore:
             Image.fromarray(array).save(buffer, format="PNG")
             (self.images_dir / f"{digest}.png").write_bytes(buffer.getvalue())
             seen.add(digest)
-            kept.append({**entry, "image": f"{digest}.png"})
-        reviews = sorted((r for r in reviews if r.get("id") in seen), key=lambda r: r.get("time", 0))
-        unique = list({json.dumps(r, sort_keys=True): r for r in reviews}.values())  # a line twice is one line
+            kept.append({**entry, "image": f"{digest}.png", "origin": entry.get("origin") or origin})
+        unique = {}
+        for line in sorted(reviews, key=lambda r: r.get("time", 0)):
+            key = json.dumps({k: v for k, v in line.items() if k != "origin"}, sort_keys=True)
+            if line.get("id") in seen and key not in have:  # a line twice is one line
+                unique[key] = {**line, "origin": line.get("origin") or origin}
         with self._lock:
-            for path, lines in ((self.manifest, kept), (self.reviews_file, unique)):
+            for path, lines in ((self.manifest, kept), (self.reviews_file, list(unique.values()))):
                 with open(path, "a") as handle:
                     handle.writelines(json.dumps(line) + "\n" for line in lines)
                     handle.flush()
