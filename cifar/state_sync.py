@@ -370,11 +370,12 @@ class StateSync:
         """Plain numbers for Monitoring and /monitoring."""
         if not self.enabled:
             return {"configured": False}
-        entries, reviews = len(self.uploads.manifest_entries()), len(self.uploads.review_entries())
-        if not self.dataset_repo:  # HF_DATASET_ID=off: uploads and labels stay local, nothing waits
-            entries, reviews = self.state["manifest"], self.state["reviews"]
+        pending_uploads = pending_labels = 0  # HF_DATASET_ID=off: uploads and labels stay local, nothing waits
+        if self.dataset_repo:  # this app's own lines past the watermarks (not those that came from the Hub)
+            pending_uploads = sum(not line.get("origin") for line in self.uploads.manifest_entries()[self.state["manifest"]:])
+            pending_labels = sum(not line.get("origin") for line in self.uploads.review_entries()[self.state["reviews"]:])
         return {"configured": True, "model_repo": self.model_repo, "dataset_repo": self.dataset_repo,
-                "pending_uploads": entries - self.state["manifest"], "pending_labels": reviews - self.state["reviews"],
+                "pending_uploads": pending_uploads, "pending_labels": pending_labels,
                 "current_on_hub": self.state["current"], "commits": self.commits,
                 "last_success": self.last_success, "last_error": self.last_error, "conflict": self.conflict,
                 "replica": self.replica, "followed": self.followed,

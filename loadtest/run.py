@@ -6,6 +6,8 @@
     python loadtest/run.py --host http://127.0.0.1:7860 --duration 15s --fail-on-error
     python loadtest/run.py --duration 10m                  # soak: reports memory after warm-up and at the end
     python loadtest/run.py --retrain-during --duration 90s # predictions while a retrain runs
+    python loadtest/run.py --host http://127.0.0.1:7860 --processes 2 \
+        --replica-urls http://127.0.0.1:7861,http://127.0.0.1:7862   # a cluster, per replica
 
 Without --host it starts the app (on the shipped model, in a temporary CIFAR_HOME) on a free
 port and stops it afterwards. Writes Locust's CSV and HTML report and a PNG of throughput and
@@ -81,14 +83,35 @@ class App:
             self.proc.kill()
 
 
-def run_locust(host: str, users: int, spawn_rate: float, duration: str, out: Path, label: str) -> Path:
+def run_locust(host: str, users: int, spawn_rate: float, duration: str, out: Path, label: str,
+               processes: int = 1) -> Path:
+    """Locust headless; with `processes` > 1 in its distributed mode (a master and that many
+    worker processes on this machine; across machines: see the README's load test)."""
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / label
     subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
                     "-r", str(spawn_rate), "-t", duration, "--host", host, "--csv", str(prefix),
                     "--csv-full-history", "--html", str(out / f"{label}.html"), "--only-summary",
-                    "--stop-timeout", "10", "--loglevel", "WARNING"], check=False)
+                    "--stop-timeout", "10", "--loglevel", "WARNING",
+                    *(["--processes", str(processes)] if processes > 1 else [])], check=False)
     return prefix
+
+
+def served_per_replica(urls: list[str]) -> dict[str, int]:
+    """Predictions (single and batch images) each replica has answered so far, from its /healthz."""
+    import httpx
+
+    counts = {}
+    for url in urls:
+        health = httpx.get(f"{url}/healthz", timeout=10).json()
+        counts[health["replica"]] = sum(health["requests"].get(name, 0) for name in ("predict", "predict_batch"))
+    return counts
+
+
+def replica_report(before: dict[str, int], after: dict[str, int]) -> str:
+    served = {name: after[name] - before.get(name, 0) for name in after}
+    total = max(1, sum(served.values()))
+    return "; ".join(f"{name}: {count} predictions ({100 * count / total:.0f}%)" for name, count in served.items())
 
 
 def read_stats(prefix: Path) -> dict[str, dict]:
@@ -206,12 +229,15 @@ def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.p
     app = None if args.host else App(app_env, script=script)
     host = args.host or app.url
     memory = MemorySampler(app) if app else None
+    replicas = [url for url in (args.replica_urls or "").split(",") if url]
     try:
+        before = served_per_replica(replicas)
         retrain = retrain_during(host, delay=5.0) if args.retrain_during else None
-        prefix = run_locust(host, args.users, args.spawn_rate, args.duration, args.out, label)
+        prefix = run_locust(host, args.users, args.spawn_rate, args.duration, args.out, label, args.processes)
         if retrain:
             retrain.join(600)  # report how it ended before the app stops
         served_by = serving(host)
+        per_replica = replica_report(before, served_per_replica(replicas)) if replicas else ""
     finally:
         memory_line = memory.stop() if memory else ""
         if app:
@@ -220,7 +246,7 @@ def one_run(args, label: str, app_env: dict | None, script: Path = ROOT / "app.p
     line, numbers = summarize(read_stats(prefix), label)
     if app:
         line += f"; app ready in {app.ready_seconds:.1f} s; {memory_line}"
-    print(line + f"\n  served by {served_by}", flush=True)
+    print(line + f"\n  served by {served_by}" + (f"\n  per replica: {per_replica}" if per_replica else ""), flush=True)
     return numbers
 
 
@@ -240,6 +266,10 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true",
                         help="run the same load against loadtest/plain_space.py (a plain Gradio Space with the "
                              "same model) and then the app, and print the ratio")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Locust's distributed mode: this many worker processes (one load generator is one core)")
+    parser.add_argument("--replica-urls", help="with --host at a balancer: the replicas' own URLs, comma-separated, "
+                                               "to report how many predictions each served")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 if any request failed")
     parser.add_argument("--retrain-during", action="store_true",
                         help="upload 200 images and run a retrain while the load runs")

@@ -4,17 +4,23 @@
 #   bash tests/run.sh [pytest arguments]     e.g. bash tests/run.sh -k browser
 # The browser: Debian's chromium where this runs as root with apt-get (no download of its own is
 # needed, and none can be made offline); elsewhere Playwright's own Chromium (needs internet).
+# HAProxy: Debian's, for the cluster tests (elsewhere: install it with the system's packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 
 python3 -m pip install -q -r requirements.txt -r tests/requirements.txt
 
-if ! command -v chromium >/dev/null; then
+# Debian's packages the tests use: chromium (the browser) and haproxy (the replicas' balancer).
+missing=""
+command -v chromium >/dev/null || missing="chromium"
+command -v haproxy >/dev/null || missing="$missing haproxy"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  elif [[ "$missing" == *chromium* ]]; then
     python3 -m playwright install chromium
   fi
 fi

@@ -3,6 +3,7 @@ and labels reach the dataset repository once, through an outage too; the current
 conflict-checked record; an empty disk gets everything back, a corrupt file on the Hub skipped."""
 import json
 import re
+import threading
 import time
 
 import huggingface_hub.constants as hub_constants
@@ -11,7 +12,7 @@ import pytest
 from hub_server import HubServer
 from PIL import Image
 
-from cifar import config, data, hub as cifar_hub
+from cifar import config, data, hub as cifar_hub, retrain_claim
 from cifar.registry import Registry
 from cifar.state_sync import StateSync
 from cifar.uploads import UploadStore
@@ -145,6 +146,77 @@ def test_two_apps_promote_at_once_exactly_one_wins_and_the_other_follows_the_hub
     on_hub = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])["version"]
     assert on_hub == "20261201T000001Z-copy" == registry_a.current().id == registry_b.current().id
     assert served_b == [on_hub] and "conflict" in sync_b.conflict and "20261201T000002Z-copy" in sync_b.conflict
+
+
+def test_replicas_follow_each_other_through_the_hub(hub, tmp_path, monkeypatch):
+    """Two replicas on their own disks: a promotion, uploads and labels made on one reach the other
+    at its next look at the Hub; what came from the Hub is never committed back as its own."""
+    monkeypatch.setenv("CIFAR_FOLLOW_S", "0")
+    registry_a, uploads_a, sync_a = app_state(tmp_path / "a", ("shipped", "1"))
+    registry_b, uploads_b, sync_b = app_state(tmp_path / "b")
+    served_b = []
+    sync_b.on_current = served_b.append
+    sync_a.sync_once()
+    sync_b.sync_once()
+    uploads_a.add(some_images(tmp_path / "in", 20), batch="a1")
+    a_ids = [e["sha1"] for e in uploads_a.manifest_entries()]
+    uploads_a.review(a_ids[0], "cat")
+    registry_a.promote("20261201T000001Z-copy")
+    sync_a.sync_once()
+    dataset_commits = len(hub.repos[f"datasets/{DATASET}"].commits)
+
+    sync_b.sync_once()
+    assert registry_b.current().id == "20261201T000001Z-copy" and served_b == ["20261201T000001Z-copy"]
+    assert sync_b.conflict is None  # a change made elsewhere and followed is no conflict
+    assert [e["sha1"] for e in uploads_b.manifest_entries()] == a_ids and uploads_b.reviews() == {a_ids[0]: "cat"}
+    assert (tmp_path / "b" / "uploads" / "images" / f"{a_ids[5]}.png").read_bytes()  # the pixels too
+    assert sync_b.status()["pending_uploads"] == 0 and sync_b.status()["pending_labels"] == 0
+    sync_b.sync_once()
+    assert len(hub.repos[f"datasets/{DATASET}"].commits) == dataset_commits  # nothing sent back
+
+    # B relabels one of A's uploads later: both replicas agree the later label stands.
+    uploads_b.review(a_ids[0], "dog")
+    sync_b.sync_once()
+    sync_a.sync_once()
+    assert uploads_a.reviews()[a_ids[0]] == uploads_b.reviews()[a_ids[0]] == "dog"
+    assert [line["label"] for line in uploads_a.review_history(a_ids[0])] == ["cat", "dog"]
+
+
+def test_one_retrain_claim_per_deployment_and_a_dead_replicas_claim_expires(hub, tmp_path, monkeypatch):
+    app_state(tmp_path / "a")[2].sync_once()  # the model repository exists
+    claim = retrain_claim.acquire(MODELS, "replica-a", "job-1")
+    with pytest.raises(retrain_claim.Claimed) as refused:
+        retrain_claim.acquire(MODELS, "replica-b", "job-2")
+    assert str(refused.value).startswith("retraining on replica replica-a since ")
+    assert retrain_claim.holder(MODELS)["job"] == "job-1"
+    retrain_claim.release(MODELS, claim, "done")
+    assert retrain_claim.holder(MODELS) is None
+    monkeypatch.setenv("CIFAR_CLAIM_TTL_S", "-1")
+    retrain_claim.acquire(MODELS, "replica-b", "job-3")  # free again; stands for a replica that died long ago
+    monkeypatch.setenv("CIFAR_CLAIM_TTL_S", "600")
+    taken = retrain_claim.acquire(MODELS, "replica-c", "job-5")  # expired: taken over
+    assert taken["replica"] == "replica-c"
+    with pytest.raises(retrain_claim.Claimed):  # the dead replica, back, cannot renew what it lost
+        retrain_claim.renew(MODELS, {"job": "job-3"})
+
+
+def test_two_replicas_claim_at_once_exactly_one_gets_it(hub, tmp_path):
+    app_state(tmp_path / "a")[2].sync_once()
+    start, outcomes = threading.Barrier(2), []
+
+    def claim(name):
+        start.wait()
+        try:
+            outcomes.append(("won", retrain_claim.acquire(MODELS, name, f"job-{name}")["replica"]))
+        except retrain_claim.Claimed as exc:
+            outcomes.append(("refused", exc.claim["replica"]))
+
+    threads = [threading.Thread(target=claim, args=(name,)) for name in ("x", "y")]
+    [thread.start() for thread in threads]
+    [thread.join(60) for thread in threads]
+    winners = [name for outcome, name in outcomes if outcome == "won"]
+    assert len(winners) == 1 and outcomes.count(("refused", winners[0])) == 1
+    assert retrain_claim.holder(MODELS)["replica"] == winners[0]
 
 
 def test_sigkill_then_an_empty_disk_the_app_comes_back_with_everything(tmp_path):

@@ -1,0 +1,150 @@
+"""Replicas behind HAProxy on this machine, measured in one run (the local Hub-compatible server of
+the tests stands in for the Hub the replicas share):
+
+    python loadtest/cluster.py [--users 32 --duration 30s --replicas 1,2,3 --processes 1]
+
+1. Locust (32 users, no wait) against 1 replica direct, then against HAProxy with 1, 2 and 3
+   replicas: predictions/s, p95, failures, and how many predictions each replica served.
+2. With 2 replicas under the same load: a rollback made on replica-1; seconds until every
+   replica serves it, and failed requests meanwhile.
+3. With 2 replicas under the same load: replica-2 killed (SIGKILL); seconds until HAProxy stops
+   sending it requests, failed requests (only those in flight on it should fail), then it is
+   started again on an empty disk: seconds until it is back in the balancer, and the version it serves.
+"""
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from run import ROOT, read_stats, replica_report, run_locust, served_per_replica, summarize
+
+sys.path.insert(0, str(ROOT / "tests"))
+from hub_server import HubServer
+
+from cifar import config, cpu
+from cifar.cluster import Cluster
+from cifar.registry import Registry
+
+TOKEN, MODELS = "hf_clusterbenchtoken12345", "bench/cifar"
+COPY = "20261201T000001Z-copy"
+
+
+def seed_second_version(home: Path) -> None:
+    """replica-1's disk holds a second version (a copy of the shipped one) to roll back and forth."""
+    registry = Registry(home / "models")
+    registry.seed_from(config.shipped_models_dir())
+    registry.add_folder(registry.current().path, version_id=COPY)
+
+
+def failures_so_far(prefix: Path) -> int:
+    """Failed requests Locust has logged up to now (its CSV history, written every few seconds)."""
+    try:
+        with open(f"{prefix}_stats_history.csv") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
+        return int(rows[-1]["Total Failure Count"]) if rows else 0
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def load(args, cluster_url: str, label: str, replicas: list[str]) -> dict:
+    before = served_per_replica(replicas)
+    prefix = run_locust(cluster_url, args.users, args.spawn_rate, args.duration, args.out, label, args.processes)
+    line, numbers = summarize(read_stats(prefix), label)
+    print(f"{line}\n  per replica: {replica_report(before, served_per_replica(replicas))}", flush=True)
+    return numbers
+
+
+def in_background(args, url: str, label: str) -> threading.Thread:
+    thread = threading.Thread(target=run_locust, daemon=True,
+                              args=(url, args.users, args.spawn_rate, args.long_duration, args.out, label, args.processes))
+    thread.start()
+    time.sleep(8)  # every user has started
+    return thread
+
+
+def promotion_under_load(args, cluster: Cluster) -> None:
+    from gradio_client import Client
+
+    load_thread = in_background(args, cluster.url, "promotion")
+    started = time.time()
+    Client(cluster.replicas[0].url, verbose=False).predict(COPY, os.environ.get("CIFAR_ADMIN_KEY", ""),
+                                                           api_name="/rollback")
+    seen = {}
+    while len(seen) < len(cluster.replicas) and time.time() - started < 180:
+        for replica in cluster.replicas:
+            if replica.name not in seen and (replica.health() or {}).get("version") == COPY:
+                seen[replica.name] = time.time() - started
+        time.sleep(0.2)
+    load_thread.join()
+    stats = read_stats(args.out / "promotion")
+    failures = sum(int(r["Failure Count"]) for name, r in stats.items() if name != "Aggregated")
+    print("promotion made on replica-1 under load: served by " +
+          ", ".join(f"{name} after {seconds:.1f} s" for name, seconds in seen.items()) +
+          f"; failed requests during the run: {failures}", flush=True)
+
+
+def kill_under_load(args, cluster: Cluster) -> None:
+    load_thread = in_background(args, cluster.url, "kill")
+    victim = cluster.replicas[-1]
+    failed_before = failures_so_far(args.out / "kill")
+    killed = time.time()
+    victim.kill()
+    while cluster.servers().get(victim.name, {}).get("status") == "UP":
+        time.sleep(0.1)
+    out_after = time.time() - killed
+    time.sleep(6)  # Locust writes its history every few seconds
+    failed = failures_so_far(args.out / "kill") - failed_before
+    restarted = time.time()
+    victim.start(empty_disk=True)
+    victim.wait_ready()
+    while cluster.servers().get(victim.name, {}).get("status") != "UP":
+        time.sleep(0.2)
+    back_after = time.time() - restarted
+    load_thread.join()
+    print(f"{victim.name} killed under load: out of HAProxy after {out_after:.1f} s; {failed} failed requests "
+          f"around the kill ({args.users} users); started again on an empty disk: back in the balancer after "
+          f"{back_after:.1f} s, serving {victim.health()['version']} (current: {cluster.replicas[0].health()['version']})",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--spawn-rate", type=float, default=8)
+    parser.add_argument("--duration", default="30s")
+    parser.add_argument("--long-duration", default="60s", help="the load around the promotion and the kill")
+    parser.add_argument("--replicas", default="1,2,3", help="cluster sizes to measure behind HAProxy")
+    parser.add_argument("--processes", type=int, default=1, help="Locust worker processes")
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / f"cluster-{time.strftime('%Y%m%dT%H%M%SZ')}")
+    args = parser.parse_args()
+    server = HubServer(token=TOKEN).start()
+    work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
+    env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf")}
+    print(f"CPU: {cpu.describe()}; {os.cpu_count()} cores; Locust: {args.users} users, no wait, {args.duration}, "
+          f"{args.processes} process(es)", flush=True)
+    try:
+        for count in [int(n) for n in args.replicas.split(",")]:
+            cluster = Cluster(count, home=work / f"cluster-{count}", env={**env, "HF_REPO_ID": f"{MODELS}-{count}"})
+            seed_second_version(cluster.replicas[0].home)
+            cluster.start()
+            try:
+                urls = [r.url for r in cluster.replicas]
+                if count == 1:
+                    load(args, cluster.replicas[0].url, "1 replica direct", urls)
+                load(args, cluster.url, f"{count} replica(s) behind HAProxy", urls)
+                if count == 2:
+                    promotion_under_load(args, cluster)
+                    kill_under_load(args, cluster)
+            finally:
+                cluster.stop()
+    finally:
+        server.stop()
+    print(f"reports in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
