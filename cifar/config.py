@@ -11,6 +11,7 @@ imports nothing of the package).
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
 | CIFAR_TTA           | (by the CPU)       | test-time views: 0 none, 1 flip, 2 flip + shifts (6); 2 with AVX-512, 1 on AVX2-only CPUs |
 | CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
+| CIFAR_INFERENCE_THREADS | (every core)   | threads of one OpenVINO network call; serve-cluster gives each replica its share of the cores |
 | CIFAR_MIN_AGREEMENT | 0.985              | share of held-out answers an OpenVINO model must share with Keras to serve |
 | ONEDNN_MAX_CPU_ISA  | (unset)            | oneDNN's instruction-set cap; the app treats the CPU as having no more (read by cifar.cpu) |
 | CIFAR_TTA_BUDGET_S  | 0.25               | queued work (s) above which the batcher serves fewer views |
@@ -144,6 +145,14 @@ def monitoring_refresh_seconds() -> float:
 def tta_wait_budget() -> float:
     """CIFAR_TTA_BUDGET_S: the queue's work, in seconds, above which the batcher serves fewer views."""
     return float(os.environ.get("CIFAR_TTA_BUDGET_S", "0.25"))
+
+
+def inference_threads() -> int | None:
+    """CIFAR_INFERENCE_THREADS: threads of one network call (OpenVINO); None lets OpenVINO use
+    every core. Replicas sharing a machine each get their share (serve-cluster sets it), so they
+    do not fight over the same cores."""
+    value = os.environ.get("CIFAR_INFERENCE_THREADS")
+    return max(1, int(value)) if value else None
 
 
 def min_agreement() -> float:
