@@ -54,9 +54,17 @@ class Replica:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(config.ROOT / "app.py"), "--port", str(self.port)], cwd=config.ROOT,
-                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **self.env,
-                     "CIFAR_HOME": str(self.home), "CIFAR_REPLICA": self.name},
+                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(self.gradio_cache()),
+                     **self.env, "CIFAR_HOME": str(self.home), "CIFAR_REPLICA": self.name},
                 stdout=log, stderr=subprocess.STDOUT)
+
+    def gradio_cache(self) -> Path:
+        """Where Gradio keeps the files of each call: in memory where the machine has a tmpfs
+        (/dev/shm). Every prediction's upload is written, renamed and looked up there from
+        Gradio's event loop; on tmpfs that costs less, measured: loadtest/cluster.py in RESULTS.md."""
+        shm = Path("/dev/shm")
+        root = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.home.parent
+        return root / f"cifar-gradio-{self.port}-{self.name}"
 
     def health(self, timeout: float = 2.0) -> dict | None:
         try:
@@ -88,6 +96,7 @@ class Replica:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        shutil.rmtree(self.gradio_cache(), ignore_errors=True)
 
 
 class Cluster:

@@ -40,14 +40,13 @@ def seed_second_version(home: Path) -> None:
     registry.add_folder(registry.current().path, version_id=COPY)
 
 
-def failures_so_far(prefix: Path) -> int:
-    """Failed requests Locust has logged up to now (its CSV history, written every few seconds)."""
-    try:
-        with open(f"{prefix}_stats_history.csv") as handle:
-            rows = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
-        return int(rows[-1]["Total Failure Count"]) if rows else 0
-    except (OSError, KeyError, ValueError):
-        return 0
+def failures(prefix: Path) -> tuple[int, int, list[str]]:
+    """Failed round trips (what a user sees fail), failed HTTP requests, and the errors, of a run."""
+    with open(f"{prefix}_failures.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    flows = sum(int(row["Occurrences"]) for row in rows if row["Method"] == "FLOW")
+    http = sum(int(row["Occurrences"]) for row in rows if row["Method"] != "FLOW")
+    return flows, http, sorted({row["Error"][:120] for row in rows})
 
 
 def load(args, cluster_url: str, label: str, replicas: list[str]) -> dict:
@@ -80,24 +79,22 @@ def promotion_under_load(args, cluster: Cluster) -> None:
                 seen[replica.name] = time.time() - started
         time.sleep(0.2)
     load_thread.join()
-    stats = read_stats(args.out / "promotion")
-    failures = sum(int(r["Failure Count"]) for name, r in stats.items() if name != "Aggregated")
+    flows, http, _ = failures(args.out / "promotion")
+    line, _ = summarize(read_stats(args.out / "promotion"), "the run around it")
     print("promotion made on replica-1 under load: served by " +
           ", ".join(f"{name} after {seconds:.1f} s" for name, seconds in seen.items()) +
-          f"; failed requests during the run: {failures}", flush=True)
+          f"; failed round trips during the run: {flows} (HTTP requests: {http})\n  {line}", flush=True)
 
 
 def kill_under_load(args, cluster: Cluster) -> None:
     load_thread = in_background(args, cluster.url, "kill")
     victim = cluster.replicas[-1]
-    failed_before = failures_so_far(args.out / "kill")
+    sessions = int(cluster.servers()[victim.name]["scur"])  # its connections in flight as it dies
     killed = time.time()
     victim.kill()
     while cluster.servers().get(victim.name, {}).get("status") == "UP":
         time.sleep(0.1)
     out_after = time.time() - killed
-    time.sleep(6)  # Locust writes its history every few seconds
-    failed = failures_so_far(args.out / "kill") - failed_before
     restarted = time.time()
     victim.start(empty_disk=True)
     victim.wait_ready()
@@ -105,10 +102,12 @@ def kill_under_load(args, cluster: Cluster) -> None:
         time.sleep(0.2)
     back_after = time.time() - restarted
     load_thread.join()
-    print(f"{victim.name} killed under load: out of HAProxy after {out_after:.1f} s; {failed} failed requests "
-          f"around the kill ({args.users} users); started again on an empty disk: back in the balancer after "
-          f"{back_after:.1f} s, serving {victim.health()['version']} (current: {cluster.replicas[0].health()['version']})",
-          flush=True)
+    flows, http, errors = failures(args.out / "kill")
+    line, _ = summarize(read_stats(args.out / "kill"), "the run around it")
+    print(f"{victim.name} killed under load ({sessions} connections open on it): out of HAProxy after {out_after:.1f} s; "
+          f"failed round trips in the whole run: {flows} (HTTP requests: {http}; {'; '.join(errors)}); started again on "
+          f"an empty disk: back in the balancer after {back_after:.1f} s, serving {victim.health()['version']} "
+          f"(current: {cluster.replicas[0].health()['version']})\n  {line}", flush=True)
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ __all__ = ["KEYS_JS", "build"]
 
 def build(service: Service) -> gr.Blocks:
     """The whole app; each named event is an API endpoint callable with gradio_client."""
-    with gr.Blocks(title="CIFAR-10 classifier") as demo:
+    # Gradio keeps every uploaded file in its cache (GRADIO_TEMP_DIR); an hour is plenty for any
+    # call or page that refers to one, and the cache stays bounded (it may live in memory: tmpfs).
+    with gr.Blocks(title="CIFAR-10 classifier", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# CIFAR-10 classifier\nClassifies photos into 10 classes: " + ", ".join(CLASSES) +
                     ". Upload images to retrain it; every model version is kept. Confidences are calibrated: "
                     "of the answers given with 90% confidence, about 90% are right.")
