@@ -10,6 +10,7 @@ the tests stands in for the Hub the replicas share):
 3. With 2 replicas under the same load: replica-2 killed (SIGKILL); seconds until HAProxy stops
    sending it requests, failed requests (only those in flight on it should fail), then it is
    started again on an empty disk: seconds until it is back in the balancer, and the version it serves.
+4. The Hub calls the 2 replicas make in a minute when nothing changes, counted at the server.
 """
 import argparse
 import csv
@@ -110,6 +111,18 @@ def kill_under_load(args, cluster: Cluster) -> None:
           f"(current: {cluster.replicas[0].health()['version']})\n  {line}", flush=True)
 
 
+def quiet_hub_calls(server: HubServer, replicas: int, seconds: float = 60.0) -> None:
+    """The Hub calls replicas make when nothing changes (following each other), counted at the server."""
+    server.requests.clear()
+    time.sleep(seconds)
+    calls = list(server.requests)
+    api = sum(path.startswith("/api/") for _, path, _ in calls)
+    per_hour = 3600 / seconds / replicas
+    print(f"Hub calls while nothing changes: {len(calls)} in {seconds:.0f} s from {replicas} replicas: "
+          f"{api * per_hour:.0f} API calls and {(len(calls) - api) * per_hour:.0f} file reads an hour per replica "
+          f"(CIFAR_FOLLOW_S={config.follow_seconds():.0f})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=32)
@@ -138,6 +151,7 @@ def main() -> None:
                 if count == 2:
                     promotion_under_load(args, cluster)
                     kill_under_load(args, cluster)
+                    quiet_hub_calls(server, count)
             finally:
                 cluster.stop()
     finally:

@@ -3,13 +3,16 @@ serve-cluster` runs it), sharing the local Hub-compatible server: clients stick 
 (gradio_client, the browser, Locust's distributed mode), a promotion and uploads made on one are
 served and reviewed on the other, a retrain claimed elsewhere is refused, and a killed replica
 leaves the balancer and comes back on an empty disk serving the current version."""
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 import huggingface_hub.constants as hub_constants
 import pytest
 from conftest import ROOT
@@ -19,7 +22,7 @@ from test_browser import ARGS, CHROMIUM, wait_for_bars
 from test_state_sync import app_state, some_images
 
 from cifar import retrain_claim
-from cifar.cluster import Cluster
+from cifar.cluster import Cluster, free_port
 
 TOKEN, MODELS = "hf_clustertoken1234567890", "team/cifar"
 EXAMPLE = str(ROOT / "assets" / "examples" / "cat.png")
@@ -135,10 +138,12 @@ def test_a_retrain_claimed_by_another_replica_is_refused_with_who_and_since(clus
         client = Client(cluster.replicas[0].url, verbose=False)
         with pytest.raises(Exception, match="retraining on replica replica-9 since"):
             client.predict(0.9, 1, "", api_name="/retrain_start")
+        other = Client(cluster.replicas[1].url, verbose=False)
         deadline = time.time() + 60
-        while not str(cluster.replicas[1].health()["retrain"]).startswith("retraining on replica replica-9"):
-            assert time.time() < deadline  # the other replica shows it too, once it has looked
+        while not other.predict(api_name="/monitoring")["retrain"].startswith("retraining on replica replica-9 since"):
+            assert time.time() < deadline  # the other replica shows it too (Monitoring), once it has looked
             time.sleep(0.5)
+        assert cluster.replicas[1].health()["retrain"].startswith("retraining on replica replica-9 since")
     finally:
         retrain_claim.release(MODELS, claim, "test over")
 
@@ -189,3 +194,25 @@ def test_a_killed_replica_leaves_the_balancer_and_rejoins_on_an_empty_disk(clust
         [thread.join(60) for thread in threads]
     assert victim.health()["version"] == current  # pulled from the Hub on an empty disk
     assert "restored from the Hub" in victim.log.read_text()
+
+
+def test_serve_cluster_starts_replicas_and_the_balancer_and_stops_them(tmp_path):
+    port = free_port()
+    command = subprocess.Popen([sys.executable, "-m", "cifar", "serve-cluster", "--replicas", "1", "--port", str(port),
+                                "--home", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "HF_REPO_ID": ""})
+    said = []
+    try:
+        for line in command.stdout:
+            said.append(line)
+            if line.startswith("serving at"):
+                break
+        assert said[0].startswith("warning: HF_REPO_ID is not set"), said
+        assert said[-1].startswith(f"serving at http://127.0.0.1:{port}"), said
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert answer.json()["replica"] == "replica-1" and answer.cookies["CIFAR_REPLICA"] == "replica-1"
+    finally:
+        command.send_signal(signal.SIGINT)  # Ctrl-C stops the replicas and HAProxy
+        command.wait(60)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

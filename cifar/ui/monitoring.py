@@ -22,12 +22,18 @@ def hub_text(sync: dict) -> str:
                 "and HF_TOKEN to keep them on the Hub)")
     text = (f"{sync['pending_uploads']:,} uploads and {sync['pending_labels']:,} labels waiting to sync to "
             f"{sync['dataset_repo'] or 'no dataset (HF_DATASET_ID=off)'}; current version on {sync['model_repo']}: "
-            f"{sync['current_on_hub'] or 'not recorded yet'}; last sync {sync['last_success'] or 'not yet'}")
+            f"{sync['current_on_hub'] or 'not recorded yet'}; last sync {sync['last_success'] or 'not yet'}; "
+            f"this replica is {sync['replica']}, last looked for other replicas' changes {sync['followed'] or 'not yet'}")
     if sync["last_error"]:
         text += f"; **last error {sync['last_error']}**"
     if sync["conflict"]:
         text += f"; {sync['conflict']}"
     return text
+
+
+def retrain_text(retrain: str) -> str:
+    """"idle", "running" (here) or "retraining on replica X since ..." (another replica)."""
+    return retrain if retrain.startswith("retraining on") else f"retrain {retrain}"
 
 
 def status_text(service: Service, field: dict) -> str:
@@ -40,7 +46,7 @@ def status_text(service: Service, field: dict) -> str:
                 if batcher else "batching off (CIFAR_MAX_BATCH=1)")
     text = (f"Current version **{field['version']}**, served by **{field['runtime']}**; "
             f"{field['cpu']} (trains in {field['precision']}); up {field['uptime_s'] / 60:.1f} min; "
-            f"{batching}; retrain {field['retrain']}.\n\nHub: {hub_text(field['hub'])}.")
+            f"{batching}; {retrain_text(field['retrain'])}.\n\nHub: {hub_text(field['hub'])}.")
     if field["estimated_accuracy"] is None:
         text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
     else:
