@@ -13,6 +13,8 @@ the tests stands in for the Hub the replicas share):
 4. The Hub calls the 2 replicas make in a minute when nothing changes, counted at the server.
 """
 import argparse
+import collections
+import contextlib
 import csv
 import os
 import sys
@@ -21,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 from run import ROOT, read_stats, replica_report, run_locust, served_per_replica, summarize
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -50,11 +53,52 @@ def failures(prefix: Path) -> tuple[int, int, list[str]]:
     return flows, http, sorted({row["Error"][:120] for row in rows})
 
 
-def load(args, cluster_url: str, label: str, replicas: list[str]) -> dict:
+class CpuShares:
+    """Each process's share of a core (percent) while the load runs: replicas, HAProxy, Locust."""
+
+    def __init__(self, cluster: Cluster, every: float = 2.0):
+        self.cluster, self.samples, self._stop = cluster, collections.defaultdict(list), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _processes(self) -> dict[str, psutil.Process]:
+        named = {r.name: psutil.Process(r.proc.pid) for r in self.cluster.replicas if r.proc.poll() is None}
+        named["HAProxy"] = psutil.Process(self.cluster.haproxy.pid)
+        for process in psutil.process_iter(["cmdline"]):
+            if "locust" in " ".join(process.info["cmdline"] or []):
+                named[f"Locust {process.pid}"] = process
+        return named
+
+    def _run(self, every: float) -> None:
+        processes: dict[str, psutil.Process] = {}
+        while not self._stop.wait(every):
+            tick: dict[str, float] = collections.defaultdict(float)
+            for name, process in processes.items():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    tick[name.split(" ")[0]] += process.cpu_percent()  # Locust's processes summed
+            for name, values in tick.items():
+                self.samples[name].append(values)
+            for name, process in self._processes().items():  # Locust's processes start after this does
+                if name not in processes:
+                    process.cpu_percent()  # the first call only starts the count
+                    processes[name] = process
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        steady = {name: values[2:-1] or values for name, values in self.samples.items()}  # not the ramp-up
+        shares = ", ".join(f"{name} {sum(values) / len(values):.0f}%" for name, values in steady.items() if values)
+        return f"{shares} (of {100 * os.cpu_count()}%)"
+
+
+def load(args, cluster: Cluster, url: str, label: str) -> dict:
+    replicas = [r.url for r in cluster.replicas]
     before = served_per_replica(replicas)
-    prefix = run_locust(cluster_url, args.users, args.spawn_rate, args.duration, args.out, label, args.processes)
+    shares = CpuShares(cluster)
+    prefix = run_locust(url, args.users, args.spawn_rate, args.duration, args.out, label, args.processes)
     line, numbers = summarize(read_stats(prefix), label)
-    print(f"{line}\n  per replica: {replica_report(before, served_per_replica(replicas))}", flush=True)
+    print(f"{line}\n  per replica: {replica_report(before, served_per_replica(replicas))}\n  CPU: {shares.stop()}",
+          flush=True)
     return numbers
 
 
@@ -144,10 +188,11 @@ def main() -> None:
             seed_second_version(cluster.replicas[0].home)
             cluster.start()
             try:
-                urls = [r.url for r in cluster.replicas]
                 if count == 1:
-                    load(args, cluster.replicas[0].url, "1 replica direct", urls)
-                load(args, cluster.url, f"{count} replica(s) behind HAProxy", urls)
+                    direct = load(args, cluster, cluster.replicas[0].url, "1 replica direct")
+                balanced = load(args, cluster, cluster.url, f"{count} replica(s) behind HAProxy")
+                print(f"  = {balanced['predict_rps'] / max(direct['predict_rps'], 1e-9):.2f}x one replica direct",
+                      flush=True)
                 if count == 2:
                     promotion_under_load(args, cluster)
                     kill_under_load(args, cluster)
