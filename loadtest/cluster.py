@@ -137,7 +137,7 @@ def kill_under_load(args, cluster: Cluster) -> None:
     sessions = int(cluster.servers()[victim.name]["scur"])  # its connections in flight as it dies
     killed = time.time()
     victim.kill()
-    while cluster.servers().get(victim.name, {}).get("status") == "UP":
+    while cluster.servers().get(victim.name, {}).get("status", "").startswith("UP"):  # "UP 1/2": going down
         time.sleep(0.1)
     out_after = time.time() - killed
     restarted = time.time()
@@ -182,6 +182,7 @@ def main() -> None:
     env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf")}
     print(f"CPU: {cpu.describe()}; {os.cpu_count()} cores; Locust: {args.users} users, no wait, {args.duration}, "
           f"{args.processes} process(es)", flush=True)
+    direct = None
     try:
         for count in [int(n) for n in args.replicas.split(",")]:
             cluster = Cluster(count, home=work / f"cluster-{count}", env={**env, "HF_REPO_ID": f"{MODELS}-{count}"})
@@ -191,8 +192,9 @@ def main() -> None:
                 if count == 1:
                     direct = load(args, cluster, cluster.replicas[0].url, "1 replica direct")
                 balanced = load(args, cluster, cluster.url, f"{count} replica(s) behind HAProxy")
-                print(f"  = {balanced['predict_rps'] / max(direct['predict_rps'], 1e-9):.2f}x one replica direct",
-                      flush=True)
+                if direct:
+                    print(f"  = {balanced['predict_rps'] / max(direct['predict_rps'], 1e-9):.2f}x one replica direct",
+                          flush=True)
                 if count == 2:
                     promotion_under_load(args, cluster)
                     kill_under_load(args, cluster)
