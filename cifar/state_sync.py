@@ -194,11 +194,14 @@ class StateSync:
             try:
                 wait = self.sync_once()
                 failures = 0
-            except hub.HubError as exc:
+            except Exception as exc:  # the thread must live on: a Hub error, or a version that would not load
                 failures += 1
                 self.last_error = f"{_now()}: {exc}"
-                log.warning("Hub sync failed (%d in a row), retrying: %s", failures, exc)
-                wait = min(MAX_BACKOFF_S, max(exc.retry_after or 0, 5 * 2 ** (failures - 1)))
+                if isinstance(exc, hub.HubError):
+                    log.warning("Hub sync failed (%d in a row), retrying: %s", failures, exc)
+                else:
+                    log.exception("Hub sync failed (%d in a row), retrying", failures)
+                wait = min(MAX_BACKOFF_S, max(getattr(exc, "retry_after", None) or 0, 5 * 2 ** (failures - 1)))
             self._wake.wait(wait)
 
     def sync_once(self) -> float:

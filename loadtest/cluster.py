@@ -2,6 +2,7 @@
 the tests stands in for the Hub the replicas share):
 
     python loadtest/cluster.py [--users 32 --duration 30s --replicas 1,2,3 --processes 1]
+    python loadtest/cluster.py --replicas 1,2 --no-faults --env CIFAR_TTA=0   # what a setting buys
 
 1. Locust (32 users, no wait) against 1 replica direct, then against HAProxy with 1, 2 and 3
    replicas: predictions/s, p95, failures, and how many predictions each replica served.
@@ -175,17 +176,22 @@ def main() -> None:
     parser.add_argument("--long-duration", default="60s", help="the load around the promotion and the kill")
     parser.add_argument("--replicas", default="1,2,3", help="cluster sizes to measure behind HAProxy")
     parser.add_argument("--processes", type=int, default=1, help="Locust worker processes")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every replica (repeatable), e.g. CIFAR_TTA=0 to price a setting")
+    parser.add_argument("--no-faults", action="store_true", help="only the loads: no promotion, kill or Hub count")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / f"cluster-{time.strftime('%Y%m%dT%H%M%SZ')}")
     args = parser.parse_args()
     server = HubServer(token=TOKEN).start()
     work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf")}
     print(f"CPU: {cpu.describe()}; {os.cpu_count()} cores; Locust: {args.users} users, no wait, {args.duration}, "
-          f"{args.processes} process(es)", flush=True)
+          f"{args.processes} process(es); replicas' settings: {' '.join(args.env) or 'as shipped'}", flush=True)
     direct = None
     try:
         for count in [int(n) for n in args.replicas.split(",")]:
-            cluster = Cluster(count, home=work / f"cluster-{count}", env={**env, "HF_REPO_ID": f"{MODELS}-{count}"})
+            settings = dict(item.split("=", 1) for item in args.env)
+            cluster = Cluster(count, home=work / f"cluster-{count}",
+                              env={**env, **settings, "HF_REPO_ID": f"{MODELS}-{count}"})
             seed_second_version(cluster.replicas[0].home)
             cluster.start()
             try:
@@ -195,7 +201,7 @@ def main() -> None:
                 if direct:
                     print(f"  = {balanced['predict_rps'] / max(direct['predict_rps'], 1e-9):.2f}x one replica direct",
                           flush=True)
-                if count == 2:
+                if count == 2 and not args.no_faults:
                     promotion_under_load(args, cluster)
                     kill_under_load(args, cluster)
                     quiet_hub_calls(server, count)
