@@ -62,8 +62,9 @@ class Replica:
         """Where Gradio keeps the files of each call: in memory where the machine has a tmpfs
         (/dev/shm). Every prediction's upload is written, renamed and looked up there from
         Gradio's event loop; on tmpfs that costs less, measured: loadtest/cluster.py in RESULTS.md."""
-        shm = Path("/dev/shm")
-        root = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.home.parent
+        shm = Path("/dev/shm")  # a container's is often 64 MB: only where there is room
+        roomy = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= 2**30
+        root = shm if roomy else self.home.parent
         return root / f"cifar-gradio-{self.port}-{self.name}"
 
     def health(self, timeout: float = 2.0) -> dict | None:

@@ -85,19 +85,36 @@ def test_the_browser_works_through_the_balancer(cluster):
             browser.close()
 
 
-def test_a_promotion_on_one_replica_is_served_by_every_replica_with_no_failed_request(cluster):
-    failures, answers, stop = [], [], threading.Event()
+class Predicting:
+    """Four gradio_client users predicting through the balancer until stopped; what each call
+    answered, or how it failed, is kept."""
 
-    def load():
-        client = Client(cluster.url, verbose=False)
-        while not stop.is_set():
+    def __init__(self, cluster: Cluster, users: int = 4):
+        self.answers, self.failures, self._stop = [], [], threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(cluster.url,)) for _ in range(users)]
+        [thread.start() for thread in self._threads]
+
+    def _run(self, url: str) -> None:
+        client = Client(url, verbose=False)
+        while not self._stop.is_set():
             try:
-                answers.append(client.predict(handle_file(EXAMPLE), api_name="/predict")[0]["label"])
-            except Exception as exc:  # counted: the swap must cause none
-                failures.append(repr(exc))
+                self.answers.append(client.predict(handle_file(EXAMPLE), api_name="/predict")[0]["label"])
+            except Exception as exc:  # counted, not raised: the test says how many may fail
+                self.failures.append(repr(exc))
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    [thread.start() for thread in threads]
+    def wait_for(self, more: int) -> None:
+        """Until `more` further answers have come."""
+        target = len(self.answers) + more
+        while len(self.answers) < target:
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        [thread.join(60) for thread in self._threads]
+
+
+def test_a_promotion_on_one_replica_is_served_by_every_replica_with_no_failed_request(cluster):
+    load = Predicting(cluster)
     try:
         message = Client(cluster.replicas[0].url, verbose=False).predict(COPY, "", api_name="/rollback")[0]
         assert message == f"Version {COPY} is current now."
@@ -105,13 +122,10 @@ def test_a_promotion_on_one_replica_is_served_by_every_replica_with_no_failed_re
         while {r.health()["version"] for r in cluster.replicas} != {COPY}:
             assert time.time() < deadline, [r.health() for r in cluster.replicas]
             time.sleep(0.5)
-        served = len(answers)
-        while len(answers) < served + 8:  # and it goes on serving after the swap
-            time.sleep(0.2)
+        load.wait_for(8)  # and it goes on serving after the swap
     finally:
-        stop.set()
-        [thread.join(60) for thread in threads]
-    assert failures == [] and set(answers) == {"cat"}
+        load.stop()
+    assert load.failures == [] and set(load.answers) == {"cat"}
     assert "made current on another replica" in (cluster.replicas[1].home / "models" / "state.json").read_text()
 
 
@@ -161,18 +175,7 @@ def test_locust_distributed_through_the_balancer_reports_each_replica(cluster, t
 
 def test_a_killed_replica_leaves_the_balancer_and_rejoins_on_an_empty_disk(cluster):
     current = cluster.replicas[0].health()["version"]
-    failures, answers, stop = [], [], threading.Event()
-
-    def load():
-        client = Client(cluster.url, verbose=False)
-        while not stop.is_set():
-            try:
-                answers.append(client.predict(handle_file(EXAMPLE), api_name="/predict")[0]["label"])
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    [thread.start() for thread in threads]
+    load = Predicting(cluster)
     victim = cluster.replicas[1]
     try:
         victim.kill()
@@ -180,18 +183,15 @@ def test_a_killed_replica_leaves_the_balancer_and_rejoins_on_an_empty_disk(clust
         while cluster.servers_up() != 1:
             assert time.time() < deadline, cluster.servers()
             time.sleep(0.2)
-        served = len(answers)
-        while len(answers) < served + 12:  # the survivor serves everyone
-            time.sleep(0.2)
-        assert len(failures) <= len(threads)  # at most the calls in flight on the victim
+        load.wait_for(12)  # the survivor serves everyone
+        assert len(load.failures) <= 4  # at most the calls in flight on the victim
         victim.start(empty_disk=True)
         victim.wait_ready()
         while cluster.servers_up() != 2:
             assert time.time() < deadline + 240, cluster.servers()
             time.sleep(0.5)
     finally:
-        stop.set()
-        [thread.join(60) for thread in threads]
+        load.stop()
     assert victim.health()["version"] == current  # pulled from the Hub on an empty disk
     assert "restored from the Hub" in victim.log.read_text()
 
