@@ -161,6 +161,24 @@ def cmd_bench_retrain(args) -> None:
     print((Path(args.out) / "bench_retrain.md").read_text())
 
 
+def cmd_bench_corruptions(args) -> None:
+    """CIFAR-10-C's corruptions against the served model and its label-free estimate."""
+    from . import bench_corruptions, cpu
+
+    if args.quick:
+        names, severities, images = bench_corruptions.QUICK, (5,), 200
+    else:
+        names = (args.corruptions.split(",") if args.corruptions
+                 else [*bench_corruptions.CORRUPTIONS, *bench_corruptions.HELD_OUT])
+        severities, images = [int(s) for s in args.severities.split(",")], args.images
+    started = time.time()
+    bench_corruptions.run(names, severities, images, args.data, Path(args.out),
+                          Path(args.cifar10c) if args.cifar10c else None)
+    print((Path(args.out) / "corruptions.md").read_text())
+    print(f"{len(names)} corruptions x {len(severities)} severities, {images} images each, in "
+          f"{time.time() - started:.0f} s on {cpu.describe()}")
+
+
 def add_commands(commands) -> None:
     """The bench-* subcommands, on the command line's subparsers."""
     p = commands.add_parser("bench-serving", help="Keras and OpenVINO (float, int8) on this CPU: speed and accuracy")
@@ -197,3 +215,12 @@ def add_commands(commands) -> None:
                    help="also retrain after a simulated reviewer labeled the K uploads the Review tab shows first, "
                         "and after K random ones were labeled")
     p.set_defaults(run=cmd_bench_retrain)
+    p = commands.add_parser("bench-corruptions", help="CIFAR-10-C's corruptions: accuracy, adapted copy, estimate")
+    p.add_argument("--data", default=None)
+    p.add_argument("--corruptions", default=None, help="comma-separated (default: the 15 and the 4 held out)")
+    p.add_argument("--severities", default="3,5")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--out", default="data/bench-corruptions")
+    p.add_argument("--cifar10c", default=None, help="a folder of the published CIFAR-10-C .npy files")
+    p.add_argument("--quick", action="store_true", help="3 corruptions at severity 5 on 200 images (a smoke test)")
+    p.set_defaults(run=cmd_bench_corruptions)

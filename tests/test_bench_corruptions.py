@@ -1,0 +1,33 @@
+"""bench-corruptions, CI-sized (--quick: 3 corruptions at severity 5 on 200 test images): the
+corruptions come from the library and hurt, the table and plot are written, the published column
+is where it belongs, and the estimate is a number for every cell."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+from conftest import ROOT
+
+from cifar import bench_corruptions, data
+
+
+def test_a_corruption_is_reproducible_and_changes_the_pictures():
+    x, _ = data.load_npz(data.replay_path())
+    once = bench_corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1)
+    assert once.shape == x[:20].shape and once.dtype == np.uint8
+    assert np.array_equal(once, bench_corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1))
+    assert np.abs(once.astype(int) - x[:20]).mean() > 20  # severity 5 noise: far from the original
+
+
+def test_quick_run_writes_the_table_and_the_plot(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "cifar", "bench-corruptions", "--quick", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {(r["corruption"], r["severity"]): r for r in json.loads((tmp_path / "corruptions.json").read_text())["rows"]}
+    assert set(rows) == {("clean", 0), ("gaussian_noise", 5), ("pixelate", 5), ("saturate", 5)}
+    assert rows["gaussian_noise", 5]["accuracy"] < rows["clean", 0]["accuracy"] - 0.2  # the noise hurts
+    assert all(0 <= r["estimate"] <= 1 and 0 <= r["adapted_accuracy"] <= 1 for r in rows.values())
+    table = (tmp_path / "corruptions.md").read_text()
+    assert "| gaussian_noise | 5 |" in table and "| 72.3% | 28.1% |" in table  # Tent's source and norm columns
+    assert "| saturate (held out) | 5 |" in table and "Estimate on the 4 held out" in table
+    assert (tmp_path / "corruptions.png").stat().st_size > 10_000
