@@ -42,11 +42,10 @@ class Predictor:
         """Serve with `calibration`'s temperature (a version's calibration.json)."""
         self.calibration, self.temperature = calibration, float(calibration["temperature"])
 
-    def use_runtime(self, folder, cache_dir=None, threads: int | None = None) -> None:
+    def use_runtime(self, folder, cache_dir=None) -> None:
         """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
-        otherwise keep Keras, with the reason in `runtime` (and the log). `threads`: of one
-        network call (None: every core)."""
-        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir, threads)
+        otherwise keep Keras, with the reason in `runtime` (and the log)."""
+        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir)
         if network is not None:
             self.network = network
         log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",

@@ -66,18 +66,15 @@ class OpenVINONetwork:
     """A compiled OpenVINO model with the Keras network's call shape: float32 pixels -> logits.
     Not thread-safe (one infer request): the Predictor calls it under its lock."""
 
-    def __init__(self, xml_path: Path, precision: str, threads: int | None = None):
-        """`threads`: of one call; None for CIFAR_INFERENCE_THREADS, else every core. A retrain
-        under load asks for 1: its passes then run on its own lowered-priority thread."""
+    def __init__(self, xml_path: Path, precision: str):
         import openvino  # optional (see `available`): imported where it is used
 
         self.precision = precision
         settings = {"PERFORMANCE_HINT": "LATENCY"}
         if cpu.precision() == "float32":  # OpenVINO would pick bf16 wherever the CPU lists it; CIFAR_PRECISION rules
             settings["INFERENCE_PRECISION_HINT"] = "f32"
-        threads = threads or config.inference_threads()
-        if threads:
-            settings["INFERENCE_NUM_THREADS"] = threads
+        if config.inference_threads():
+            settings["INFERENCE_NUM_THREADS"] = config.inference_threads()
         self.compiled = openvino.Core().compile_model(str(xml_path), "CPU", settings)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -124,7 +121,7 @@ def verdict(result: dict) -> dict:
 
 
 def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray | None = None,
-          precisions=PRECISIONS, threads: int | None = None) -> dict:
+          precisions=PRECISIONS) -> dict:
     """Convert `model` (Keras), check each of `precisions`, and keep the fastest that passes in
     `version_folder`/openvino. `keras_answers`: Keras' on the held-out images at `tta_level` if
     the caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
@@ -142,7 +139,7 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
         exported = export(model, Path(work), precisions)
         for precision in precisions:
             xml = exported[precision]
-            result = check(OpenVINONetwork(xml, precision, threads), x, labels, keras_answers, tta_level)
+            result = check(OpenVINONetwork(xml, precision), x, labels, keras_answers, tta_level)
             report["tried"][precision] = result
             if result["passed"]:
                 for suffix in (".xml", ".bin"):
@@ -189,8 +186,7 @@ def describe(status: dict) -> str:
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
-def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
-         threads: int | None = None) -> tuple[OpenVINONetwork | None, dict]:
+def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tuple[OpenVINONetwork | None, dict]:
     """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
     `model`: the Keras model it was made from, served at `tta_level`.
 
@@ -209,7 +205,7 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
         return None, unavailable()
     summary = {k: v for k, v in stored.items() if k != "keras_answers"}
     try:
-        network = OpenVINONetwork(target / "model.xml", stored["precision"], threads)
+        network = OpenVINONetwork(target / "model.xml", stored["precision"])
         hashes = _hashes(target)
     except Exception as exc:  # a missing or unreadable file: Keras serves
         return None, {**summary, "runtime": "keras", "passed": False,
@@ -235,16 +231,16 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
         return network, status
     failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {status['why']}"
     if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
-        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed, threads)
+        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}
 
 
-def _float_made_here(model: keras.Model, folder: Path, level: int, answers, failed: str, threads: int | None = None):
+def _float_made_here(model: keras.Model, folder: Path, level: int, answers, failed: str):
     """When the version's own OpenVINO model fails its check on this CPU: a float one made from
     the Keras model, checked like any other (made once, kept in the cache)."""
     if not (folder / FOLDER / "runtime.json").exists():
-        build(model, folder, level, answers, precisions=("float",), threads=threads)
-    network, status = load(folder, model, level, threads=threads)
+        build(model, folder, level, answers, precisions=("float",))
+    network, status = load(folder, model, level)
     if network is None:
         return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}
     return network, {**status, "replaced": failed}

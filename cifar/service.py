@@ -320,8 +320,7 @@ class Service:
         try:
             result, candidate = learning_retrain.run(
                 self.registry, self.uploads, serving_now, serving.holdout_metrics(current, serving_now, config.cache_dir()),
-                params["threshold"], params["epochs"], report,
-                threads=1 if params.get("yield_to_serving") else None)  # its OpenVINO passes on its own thread
+                params["threshold"], params["epochs"], report)
         except learning_retrain.NothingToLearn as exc:
             raise UserError(str(exc)) from None
         result["uploads_revision"] = params.get("uploads_revision")  # the Hub's uploads it learned from

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES, config, data, evaluate, runtime, train, tta, versions
+from .. import CLASSES, data, evaluate, runtime, train, tta, versions
 from ..model import softmax
 from ..predict import Predictor
 from . import calibration
@@ -103,22 +103,11 @@ def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predicto
             "seconds_per_refresh_image": seconds_per_refresh_image}
 
 
-def _current_for_estimates(serving: Predictor, parent, threads: int | None) -> Predictor:
-    """The current version for the retrain's own passes over the uploads: the serving predictor
-    itself, or (with `threads`, a retrain beside a serving app) a copy on its own OpenVINO network
-    of that many threads, so the passes neither hold the serving lock nor take the cores."""
-    if threads is None or serving.runtime.get("runtime") != "openvino":
-        return serving
-    copy = Predictor(serving.model, serving.version, serving.tta_level, calibration=serving.calibration)
-    copy.use_runtime(parent.path, config.cache_dir(), threads)
-    return copy
-
-
-def _judge_convert_save(registry, result, serving: Predictor, parent, x_up: np.ndarray, adapted_parent,
-                        metadata: dict, phases: dict, report, threads: int | None):
+def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, adapted_parent, metadata: dict,
+                        phases: dict, report):
     """Judge and calibrate the trained model on the held-out images, convert it for the serving
     runtime, estimate its accuracy on the uploads (and the current one's), and save it as a new
-    version. Returns the version, its held-out metrics and its predictor (ready to serve)."""
+    version. Returns the version, its held-out metrics and its predictor."""
     report(0.82, "judging and calibrating the new version on held-out images")
     mark = time.time()
     candidate = Predictor(result.model, tta_level=serving.tta_level)
@@ -127,13 +116,12 @@ def _judge_convert_save(registry, result, serving: Predictor, parent, x_up: np.n
     candidate.calibrate(fitted)
     report(0.86, "converting the new version for the serving runtime and checking it")
     with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
-        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1), threads=threads)
-        candidate.use_runtime(staging, threads=threads)  # the estimates go through what will serve
+        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1))
+        candidate.use_runtime(staging)  # the estimates go through what will serve
         phases["conversion"], mark = time.time() - mark, time.time()
         report(0.9, "estimating accuracy on the uploads, before and after")
-        current = _current_for_estimates(serving, parent, threads)
         metadata["estimated_accuracy_on_uploads"] = {
-            "before": estimate_served(current, current.predict_arrays(x_up), x_up, adapted_parent),
+            "before": estimate_served(serving, serving.predict_arrays(x_up), x_up, adapted_parent),
             "after": estimate_served(candidate, candidate.predict_arrays(x_up), x_up)}
         phases["estimates"], mark = time.time() - mark, time.time()
         metadata.update(eval_data=data.HOLDOUT_NAME, eval_count=after["count"])
@@ -148,12 +136,11 @@ def _judge_convert_save(registry, result, serving: Predictor, parent, x_up: np.n
 
 
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
-        report, threads: int | None = None) -> tuple[dict, Predictor]:
+        report) -> tuple[dict, Predictor]:
     """Fine-tune the current version on every upload and save the result as a new version.
 
     `serving` is the current version's predictor, `before` its held-out metrics. Returns the
     result (what the UI shows) and a predictor of the new version, ready to serve if promoted.
-    `threads`: of the retrain's own OpenVINO passes (None: every core; 1 beside serving).
 
     Raises:
         NothingToLearn: no uploads, or unlabeled uploads the model does not recognise (junk).
@@ -190,8 +177,8 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         "pseudo_candidates": int(unlabeled.sum()), "pseudo_used": int(confident.sum()),
         "replay_count": len(x_replay),
     }
-    version, after, candidate = _judge_convert_save(registry, result, serving, parent, x_up, labelled["adapted_parent"],
-                                                    metadata, phases, report, threads)
+    version, after, candidate = _judge_convert_save(registry, result, serving, x_up, labelled["adapted_parent"],
+                                                    metadata, phases, report)
     promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     if promoted:
         reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
