@@ -131,6 +131,32 @@ def table(rows: list[dict]) -> str:
         if errors:
             lines.append(f"\nEstimate on {label}: mean absolute error {np.mean(errors):.2f} points, worst "
                          f"{np.max(errors):.2f} ({len(errors)} cells).")
+    return "\n".join(lines) + "\n\n" + candidates(rows)
+
+
+# The label-free estimates the app can make from what it has, compared cell by cell: the choice
+# among them is made on the clean and held-out rows only, then reported on the 15.
+CANDIDATES = {
+    "lower of ATC and agreement (shipped)": lambda r: min(r["atc"], r["agreement"]),
+    "ATC alone": lambda r: r["atc"],
+    "the adapted copy's agreement alone": lambda r: r["agreement"],
+    "the mean of the two": lambda r: (r["atc"] + r["agreement"]) / 2,
+    "the higher of the two": lambda r: max(r["atc"], r["agreement"]),
+}
+
+
+def candidates(rows: list[dict]) -> str:
+    """Mean and worst absolute error (points) of each candidate estimate on clean, held-out, the 15."""
+    groups = (("clean", lambda r: r["corruption"] == "clean"), ("held out", lambda r: r.get("held_out")),
+              ("the 15", lambda r: r["corruption"] in CORRUPTIONS))
+    lines = ["| estimate | " + " | ".join(f"{name}: mean / worst" for name, _ in groups) + " |",
+             "|---|" + "---|" * len(groups)]
+    for name, estimate in CANDIDATES.items():
+        cells = []
+        for _, keep in groups:
+            errors = [100 * abs(estimate(r) - r["accuracy"]) for r in rows if keep(r)]
+            cells.append(f"{np.mean(errors):.2f} / {np.max(errors):.2f}" if errors else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
