@@ -11,10 +11,14 @@ export GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 
 python3 -m pip install -q -r requirements.txt -r tests/requirements.txt
 
-# Debian's packages the tests use: chromium (the browser) and haproxy (the replicas' balancer).
+# Debian's packages the tests use: chromium (the browser), haproxy (the replicas' balancer), and
+# the libraries OpenCV needs.
 missing=""
 command -v chromium >/dev/null || missing="chromium"
 command -v haproxy >/dev/null || missing="$missing haproxy"
+# OpenCV (under the corruptions library of bench-corruptions) loads libGL and GLib.
+ldconfig -p | grep "libGL.so.1 " >/dev/null || missing="$missing libgl1"
+ldconfig -p | grep "libgthread-2.0.so.0 " >/dev/null || missing="$missing libglib2.0-0"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
