@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config, cpu, data, serving
-from .learning.adapt import adapted_copy, upload_probabilities
-from .learning.estimate import estimate_accuracy, score
+from .learning.estimate import adapted_view, agreement, estimate_accuracy, score
 from .registry import Registry
 
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -66,17 +65,14 @@ def from_cifar10c(folder: Path, name: str, severity: int, indices: np.ndarray) -
 def measure(predictor, x: np.ndarray, y: np.ndarray) -> dict:
     """Served and adapted accuracy on (x, y), and the estimate made without `y`, with its parts."""
     probabilities = predictor.predict_arrays(x)
-    adapted = adapted_copy(predictor.model, x)
-    adapted_probabilities = upload_probabilities(predictor.model, x, 0, predictor.temperature, adapted)
+    adapted_probabilities = adapted_view(predictor.model, x, predictor.temperature)
     threshold = predictor.calibration["atc_threshold"]
-    served_answers = probabilities.argmax(1)
-    truth = float((served_answers == y).mean())
     return {
-        "accuracy": truth,
+        "accuracy": float((probabilities.argmax(1) == y).mean()),
         "adapted_accuracy": float((adapted_probabilities.argmax(1) == y).mean()),
         "estimate": estimate_accuracy(probabilities, threshold, adapted_probabilities),
         "atc": estimate_accuracy(probabilities, threshold),
-        "agreement": float(adapted_probabilities[np.arange(len(x)), served_answers].mean()),
+        "agreement": agreement(probabilities, adapted_probabilities),
         "mean_confidence": float(probabilities.max(1).mean()),
         "mean_score": float(score(probabilities).mean()),
     }

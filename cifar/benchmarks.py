@@ -163,7 +163,7 @@ def cmd_bench_retrain(args) -> None:
 
 def cmd_bench_corruptions(args) -> None:
     """CIFAR-10-C's corruptions against the served model and its label-free estimate."""
-    from . import bench_corruptions, cpu
+    from . import bench_corruptions
 
     if args.quick:
         names, severities, images = bench_corruptions.QUICK, (5,), 200

@@ -11,7 +11,7 @@ imports nothing of the package).
 | CIFAR_MAX_BATCH     | 32                 | images per network call under load; 1 turns batching off  |
 | CIFAR_TTA           | (by the CPU)       | test-time views: 0 none, 1 flip, 2 flip + shifts (6); 2 with AVX-512, 1 on AVX2-only CPUs |
 | CIFAR_PRECISION     | (by the CPU)       | float32 or mixed_bfloat16 (read by cifar.cpu)            |
-| CIFAR_INFERENCE_THREADS | (every core)   | threads of one OpenVINO network call; serve-cluster gives each replica its share of the cores |
+| CIFAR_INFERENCE_THREADS | (every core)   | threads of one OpenVINO network call (for replicas sharing a machine; RESULTS.md prices it) |
 | CIFAR_MIN_AGREEMENT | 0.985              | share of held-out answers an OpenVINO model must share with Keras to serve |
 | ONEDNN_MAX_CPU_ISA  | (unset)            | oneDNN's instruction-set cap; the app treats the CPU as having no more (read by cifar.cpu) |
 | CIFAR_TTA_BUDGET_S  | 0.25               | queued work (s) above which the batcher serves fewer views |
@@ -149,8 +149,8 @@ def tta_wait_budget() -> float:
 
 def inference_threads() -> int | None:
     """CIFAR_INFERENCE_THREADS: threads of one network call (OpenVINO); None lets OpenVINO use
-    every core. Replicas sharing a machine each get their share (serve-cluster sets it), so they
-    do not fight over the same cores."""
+    every core. For replicas sharing a machine; serve-cluster leaves it unset, since two replicas
+    on 2 cores served no more with it (RESULTS.md)."""
     value = os.environ.get("CIFAR_INFERENCE_THREADS")
     return max(1, int(value)) if value else None
 

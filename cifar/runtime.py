@@ -73,8 +73,9 @@ class OpenVINONetwork:
         settings = {"PERFORMANCE_HINT": "LATENCY"}
         if cpu.precision() == "float32":  # OpenVINO would pick bf16 wherever the CPU lists it; CIFAR_PRECISION rules
             settings["INFERENCE_PRECISION_HINT"] = "f32"
-        if config.inference_threads():
-            settings["INFERENCE_NUM_THREADS"] = config.inference_threads()
+        threads = config.inference_threads()
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino.Core().compile_model(str(xml_path), "CPU", settings)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -332,12 +332,15 @@ class Service:
         return result
 
     # --- monitoring ----------------------------------------------------------------------
+    def _retrain_state(self) -> str:
+        """"running" here, "retraining on replica X since ..." elsewhere, or "idle"."""
+        return "running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle"
+
     def health(self) -> dict:
         """What a load balancer's health check and a cluster report need, cheaply: the version
         served, this replica's name, and the requests it has answered per endpoint."""
         return {"status": "ok", "version": self._predictor.version, "replica": self.sync.replica,
-                "retrain": "running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle",
-                "requests": self.monitor.counts()}
+                "retrain": self._retrain_state(), "requests": self.monitor.counts()}
 
     def monitoring(self) -> dict:
         """The model in the field as plain numbers (the /monitoring endpoint): the rolling
@@ -350,8 +353,7 @@ class Service:
                      cpu=cpu.info()["model"], precision=cpu.precision(), runtime=runtime.describe(predictor.runtime),
                      tta_levels={str(level): self.batcher.levels[level] for level in range(predictor.tta_level + 1)}
                      if self.batcher else {},
-                     retrain="running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle",
-                     hub=self.sync.status(),
+                     retrain=self._retrain_state(), hub=self.sync.status(),
                      endpoints=self.monitor.snapshot())
         if field["alert"]:
             field["alert_message"] = alert_message(field)

@@ -115,20 +115,24 @@ class StateSync:
             return None
         return f"restored from the Hub in {time.perf_counter() - started:.1f} s: " + "; ".join(said)
 
+    def _current_on_hub(self, revision: str | None = None) -> str | None:
+        """The version `current.json` names at `revision` (the head of main), or None."""
+        raw = hub.read_file(self.model_repo, hub.CURRENT_FILE, revision=revision)
+        return json.loads(raw)["version"] if raw else None
+
     def _restore_current(self) -> str | None:
-        raw = hub.read_file(self.model_repo, hub.CURRENT_FILE)
-        if raw is None:
+        current = self._current_on_hub()
+        if current is None:
             return None
-        record = json.loads(raw)
         self.registry.seed_from(config.shipped_models_dir())
         try:
-            self.registry.get(record["version"])
+            self.registry.get(current)
         except RegistryError:
-            hub.pull(self.registry, record["version"], self.model_repo)
-        self.registry.promote(record["version"], reason="restored from the Hub")
-        self.state.update(current=record["version"], pushed=[v.id for v in self.registry.list()])
+            hub.pull(self.registry, current, self.model_repo)
+        self.registry.promote(current, reason="restored from the Hub")
+        self.state.update(current=current, pushed=[v.id for v in self.registry.list()])
         self._save()
-        return f"current version {record['version']}"
+        return f"current version {current}"
 
     def _restore_uploads(self) -> str | None:
         count, labels, skipped = self._import_others()
@@ -235,8 +239,7 @@ class StateSync:
         local = self.registry.current().id
         while local != self.state["current"]:
             parent = hub.head(self.model_repo)
-            raw = hub.read_file(self.model_repo, hub.CURRENT_FILE, revision=parent) if parent else None
-            on_hub = json.loads(raw)["version"] if raw else None
+            on_hub = self._current_on_hub(parent) if parent else None
             if on_hub is not None and on_hub != self.state["current"] and on_hub != local:
                 self._adopt(on_hub, local)
                 return
@@ -279,8 +282,7 @@ class StateSync:
         uploads and labels. Two ref reads when nothing changed."""
         head = hub.head(self.model_repo)
         if head and head != self._heads.get("model"):
-            raw = hub.read_file(self.model_repo, hub.CURRENT_FILE, revision=head)
-            on_hub, local = json.loads(raw)["version"] if raw else None, self.registry.current().id
+            on_hub, local = self._current_on_hub(head), self.registry.current().id
             # Only a change made elsewhere: a local one not yet published is _publish_current's.
             if on_hub and on_hub != local and self.state["current"] == local:
                 self._adopt(on_hub, local, conflict=False)

@@ -288,11 +288,13 @@ class UploadStore:
         skipped and said so; so are reviews of uploads the store does not hold. Each added line
         is marked with `origin` (who wrote it first), so it is never synced back as this app's
         own. Returns (uploads, reviews, skipped)."""
+        def same(line: dict) -> str:  # a review line, whoever imported it
+            return json.dumps({k: v for k, v in line.items() if k != "origin"}, sort_keys=True)
+
         skipped, kept = [], []
         with self._lock:
             seen = {line.get("sha1") for line in read_lines(self.manifest)}
-            have = {json.dumps({k: v for k, v in line.items() if k != "origin"}, sort_keys=True)
-                    for line in read_lines(self.reviews_file)}
+            have = {same(line) for line in read_lines(self.reviews_file)}
         for entry in entries:
             digest = str(entry.get("sha1", ""))
             if not re.fullmatch(r"[0-9a-f]{40}", digest) or digest in seen:
@@ -312,7 +314,7 @@ class UploadStore:
             kept.append({**entry, "image": f"{digest}.png", "origin": entry.get("origin") or origin})
         unique = {}
         for line in sorted(reviews, key=lambda r: r.get("time", 0)):
-            key = json.dumps({k: v for k, v in line.items() if k != "origin"}, sort_keys=True)
+            key = same(line)
             if line.get("id") in seen and key not in have:  # a line twice is one line
                 unique[key] = {**line, "origin": line.get("origin") or origin}
         with self._lock:

@@ -16,7 +16,6 @@ latency over time into --out, and prints a one-line summary per run.
 import argparse
 import csv
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from cifar import cpu  # noqa: E402  (no TensorFlow import: just /proc/cpuinfo)
+from cifar.cluster import free_port  # noqa: E402  (no TensorFlow either)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class App:

@@ -36,6 +36,11 @@ def estimate_from_scores(scores: np.ndarray, threshold: float) -> float | None:
     return float((scores > threshold).mean()) if len(scores) else None
 
 
+def agreement(probabilities: np.ndarray, adapted: np.ndarray) -> float:
+    """The adapted copy's second opinion: the mean probability it gives the served answers."""
+    return float(adapted[np.arange(len(probabilities)), probabilities.argmax(axis=1)].mean())
+
+
 def estimate_accuracy(probabilities: np.ndarray, threshold: float, adapted: np.ndarray | None = None) -> float | None:
     """Estimated accuracy on these (unlabeled) images; None for an empty set. `adapted`: the
     probabilities of a copy of the model adapted to the same images (see the module's text)."""
@@ -44,8 +49,7 @@ def estimate_accuracy(probabilities: np.ndarray, threshold: float, adapted: np.n
     atc = estimate_from_scores(score(probabilities), threshold)
     if adapted is None:
         return atc
-    agreement = float(adapted[np.arange(len(probabilities)), probabilities.argmax(axis=1)].mean())
-    return min(atc, agreement)
+    return min(atc, agreement(probabilities, adapted))
 
 
 def adapted_view(model, x: np.ndarray, temperature: float, adapted=None) -> np.ndarray | None:
