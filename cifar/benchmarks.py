@@ -143,7 +143,8 @@ def cmd_bench_retrain(args) -> None:
     """Retrain on each shift's uploads and score before and after (cifar.bench_retrain)."""
     from . import bench_retrain, config, data, predict, registry, train
 
-    shifts = args.shifts.split(",") if args.shifts else [*bench_retrain.CLEAN, *bench_retrain.SHIFTS, *bench_retrain.JUNK]
+    shifts = ([name for token in args.shifts.split(",") for name in bench_retrain.GROUPS.get(token, [token])]
+              if args.shifts else [*bench_retrain.CLEAN, *bench_retrain.SHIFTS, *bench_retrain.JUNK])
     for setting in filter(None, (args.recipe or "").split(",")):  # e.g. epochs=8,lr_scale=0.2
         key, value = setting.split("=")
         if key not in train.RETRAIN:
@@ -203,7 +204,8 @@ def add_commands(commands) -> None:
     p = commands.add_parser("bench-retrain", help="distribution-shift benchmark of retraining")
     p.add_argument("--data", default=None)
     p.add_argument("--shifts", default=None,
-                   help="comma-separated subset of clean,noise,blur,contrast,haze,jpeg,colour,pixelate,junk")
+                   help="comma-separated subset of clean,noise,blur,contrast,haze,jpeg,colour,pixelate,junk; c10c-<name> "
+                        "for a CIFAR-10-C corruption (severity 5); 'corruptions' for the 15, 'held-out' for the other 4")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--out", default="data/bench-retrain")
     p.add_argument("--eval-per-class", type=int, default=None, help="score on this many eval images a class")

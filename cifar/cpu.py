@@ -8,8 +8,6 @@ the app trains and serves in float32. `CIFAR_PRECISION` (float32 or mixed_bfloat
 import functools
 import os
 import platform
-import threading
-from pathlib import Path
 
 from . import config
 
@@ -100,41 +98,8 @@ def describe() -> str:
 
 
 # A retrain and serving share the cores; the scheduler should favour serving. Niceness 10 gives a
-# thread about a tenth of the CPU weight of a normal one (Linux CFS) when both want the cores, and
-# all of it when serving is idle. Serving kept 54-57% of its predictions/s during a retrain at
-# niceness 0, 57-60% at 10, 56% at 19 (loadtest/retrain_under_load.py, AMX Xeon, RESULTS.md).
-# Raising niceness needs no privilege; lowering it back would, so it is never lowered: TensorFlow's
-# threads only train here (serving runs in OpenVINO's threads).
+# process about a tenth of the CPU weight of a normal one (Linux CFS) when both want the cores, and
+# all of it when serving is idle. The app's retrain runs in a process of its own at this niceness
+# (cifar.retrain_process). As a thread of the serving process it kept serving at 54-57% of its
+# predictions/s at niceness 0, 57-60% at 10, 56% at 19 (loadtest/retrain_under_load.py, RESULTS.md).
 TRAINING_NICENESS = 10
-
-
-def yield_to_serving() -> int:
-    """Lower the scheduling priority of the calling thread and of TensorFlow's threads (named
-    `tf_*`) to TRAINING_NICENESS. Call it from the retrain's thread as it starts and as it goes
-    (TensorFlow makes threads as it needs them). Linux only; returns how many threads it lowered."""
-    tasks = Path("/proc/self/task")
-    if not hasattr(os, "setpriority") or not tasks.is_dir():
-        return 0
-    me, lowered = threading.get_native_id(), 0
-    for task in tasks.iterdir():
-        try:
-            tid = int(task.name)
-            if tid != me and not (task / "comm").read_text().startswith("tf_"):
-                continue
-            if os.getpriority(os.PRIO_PROCESS, tid) < TRAINING_NICENESS:
-                os.setpriority(os.PRIO_PROCESS, tid, TRAINING_NICENESS)
-                lowered += 1
-        except (OSError, ValueError):  # the thread ended meanwhile
-            continue
-    return lowered
-
-
-def yielding(report):
-    """`report(fraction, phase)`, first yielding the cores (`yield_to_serving`), which it also does
-    now: a retrain reports progress as it goes, and TensorFlow makes new threads as it goes."""
-    yield_to_serving()
-
-    def wrapped(fraction: float, phase: str) -> None:
-        yield_to_serving()
-        report(fraction, phase)
-    return wrapped

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, cpu, images, retrain_claim, runtime, serving, train
+from . import CLASSES, config, cpu, images, retrain_claim, retrain_process, runtime, serving, train
 from .hub import HubError, push as hub_push
 from .jobs import Busy, JobRunner, JobStore, UnknownJob
 from .learning import calibration, estimate, retrain as learning_retrain, review
@@ -252,8 +252,8 @@ class Service:
                       key: str | None = None) -> dict:
         """Start a retrain in the background; returns its job (id, state) at once."""
         self.check_admin(key)
-        # In the app's process the retrain yields the cores to serving (cpu.yield_to_serving).
-        return self._one_retrain(lambda params: self.retrains.start({**params, "yield_to_serving": True}),
+        # The app's retrains run in a process of their own (cifar.retrain_process): serving keeps its GIL.
+        return self._one_retrain(lambda params: self.retrains.start({**params, "own_process": True}),
                                  threshold, epochs)
 
     def retrain(self, threshold: float | None = None, epochs: int | None = None, key: str | None = None,
@@ -313,14 +313,17 @@ class Service:
         return result
 
     def _retrain_here(self, params: dict, report) -> dict:
-        if params.get("yield_to_serving"):
-            report = cpu.yielding(report)
         serving_now = self._predictor
-        current = self.registry.get(serving_now.version)
         try:
-            result, candidate = learning_retrain.run(
-                self.registry, self.uploads, serving_now, serving.holdout_metrics(current, serving_now, config.cache_dir()),
-                params["threshold"], params["epochs"], report)
+            if params.get("own_process"):
+                result = retrain_process.run(serving_now.version, serving_now.tta_level, params, report)
+                candidate = self._load(result["version"]) if result["promoted"] else None
+            else:
+                current = self.registry.get(serving_now.version)
+                result, candidate = learning_retrain.run(
+                    self.registry, self.uploads, serving_now,
+                    serving.holdout_metrics(current, serving_now, config.cache_dir()),
+                    params["threshold"], params["epochs"], report)
         except learning_retrain.NothingToLearn as exc:
             raise UserError(str(exc)) from None
         result["uploads_revision"] = params.get("uploads_revision")  # the Hub's uploads it learned from

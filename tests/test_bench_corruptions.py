@@ -8,14 +8,14 @@ import sys
 import numpy as np
 from conftest import ROOT
 
-from cifar import bench_corruptions, data
+from cifar import corruptions, data
 
 
 def test_a_corruption_is_reproducible_and_changes_the_pictures():
     x, _ = data.load_npz(data.replay_path())
-    once = bench_corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1)
+    once = corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1)
     assert once.shape == x[:20].shape and once.dtype == np.uint8
-    assert np.array_equal(once, bench_corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1))
+    assert np.array_equal(once, corruptions.corrupt(x[:20], "gaussian_noise", 5, seed=1))
     assert np.abs(once.astype(int) - x[:20]).mean() > 20  # severity 5 noise: far from the original
 
 

@@ -69,47 +69,6 @@ def test_float32_serving_of_the_bf16_shipped_model_gives_the_same_answers(monkey
     assert net.to_float32(as_float32.model) is as_float32.model   # nothing left to convert
 
 
-def test_a_retrain_yields_the_cores_its_thread_and_tensorflows_but_no_other():
-    """cpu.yield_to_serving lowers the priority (to TRAINING_NICENESS) of the calling thread and of threads
-    named tf_* (TensorFlow's), and leaves every other thread (serving's) as it was."""
-    import os
-    import threading
-
-    def niceness(tid: int) -> int:
-        return os.getpriority(os.PRIO_PROCESS, tid)
-
-    ready, done, tids = threading.Event(), threading.Event(), {}
-
-    def named(name: str):
-        tids[name] = threading.get_native_id()
-        with open(f"/proc/self/task/{tids[name]}/comm", "w") as comm:  # as TensorFlow names its threads
-            comm.write(name)
-        ready.set() if len(tids) == 2 else None
-        done.wait(30)
-
-    helpers = [threading.Thread(target=named, args=(n,)) for n in ("tf_Compute", "ov_serving")]
-    for helper in helpers:
-        helper.start()
-    assert ready.wait(30)
-    answers = {}
-
-    def retrain_thread():
-        answers["lowered"] = cpu.yield_to_serving()
-        answers["self"] = niceness(threading.get_native_id())
-
-    worker = threading.Thread(target=retrain_thread)
-    worker.start(), worker.join()
-    try:
-        assert answers["self"] == cpu.TRAINING_NICENESS
-        assert niceness(tids["tf_Compute"]) == cpu.TRAINING_NICENESS
-        assert niceness(tids["ov_serving"]) == niceness(threading.get_native_id()) == 0
-        assert answers["lowered"] >= 2
-    finally:
-        done.set()
-        for helper in helpers:
-            helper.join()
-
-
 def test_a_onednn_cap_is_read_as_an_older_cpu(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 on the AMX Xeon: the app must choose as on an AVX2-only CPU (float32,
     flip only), since TensorFlow's bf16 convolutions fail under that cap; OpenVINO is left off
