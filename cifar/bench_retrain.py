@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from . import CLASSES, config, corruptions, data, evaluate, serving, train
 from .learning.adapt import upload_probabilities
-from .learning.estimate import estimate_served
+from .learning.estimate import adapted_view, agreement, estimate_accuracy
 from .learning.pseudo_labels import pseudo_labels
 from .registry import Registry
 from .service import Service, UserError
@@ -119,11 +119,15 @@ def accuracy(predictor, x, y) -> float:
 
 
 def estimation(predictor, x, y, when: str) -> dict:
-    """True accuracy on (x, y) and the model's own estimate of it without the labels."""
+    """True accuracy on (x, y) and the model's own estimate of it without the labels, with its two
+    parts (ATC; the adapted copy's agreement) so other rules can be scored on the same run."""
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
-    estimated = estimate_served(predictor, probabilities, x)
-    return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true}
+    adapted, threshold = adapted_view(predictor.model, x, predictor.temperature), predictor.calibration["atc_threshold"]
+    estimated = estimate_accuracy(probabilities, threshold, adapted)  # as estimate_served, keeping the parts
+    return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true,
+            f"atc_{when}": estimate_accuracy(probabilities, threshold),
+            f"agreement_{when}": agreement(probabilities, adapted) if adapted is not None else None}
 
 
 def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_class: int | None = None,
