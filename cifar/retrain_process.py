@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import config, cpu, serving
@@ -42,7 +43,7 @@ def run(version_id: str, tta_level: int, params: dict, report) -> dict:
         RetrainFailed: anything else; the child's log has the details.
     """
     request = {"version": version_id, "tta_level": tta_level, "threshold": params["threshold"],
-               "epochs": params["epochs"]}
+               "epochs": params["epochs"], "started": time.time()}  # the budget counts the process's start
     # The package's folder on the path: the app may have been started from anywhere.
     path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
     child = subprocess.Popen([sys.executable, "-m", "cifar.retrain_process"], stdin=subprocess.PIPE,
@@ -94,7 +95,8 @@ def main() -> None:
         predictor = serving.load_predictor(current, request["tta_level"], config.cache_dir())
         before = serving.holdout_metrics(current, predictor, config.cache_dir())
         result, _ = learning_retrain.run(registry, uploads, predictor, before, request["threshold"],
-                                         request["epochs"], lambda f, phase: send({"progress": f, "phase": phase}))
+                                         request["epochs"], lambda f, phase: send({"progress": f, "phase": phase}),
+                                         started=request["started"])
     except learning_retrain.NothingToLearn as exc:
         send({"error": str(exc), "nothing_to_learn": True})
     except Exception as exc:  # the app shows one line; the traceback goes to the log

@@ -136,16 +136,18 @@ def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, 
 
 
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
-        report) -> tuple[dict, Predictor]:
+        report, started: float | None = None) -> tuple[dict, Predictor]:
     """Fine-tune the current version on every upload and save the result as a new version.
 
     `serving` is the current version's predictor, `before` its held-out metrics. Returns the
     result (what the UI shows) and a predictor of the new version, ready to serve if promoted.
+    `started` (time.time()): when the retrain was asked for, if earlier than this call (a process
+    started for it); the time budget counts from then.
 
     Raises:
         NothingToLearn: no uploads, or unlabeled uploads the model does not recognise (junk).
     """
-    started = time.time()
+    asked, started = started or time.time(), time.time()
     x_up, y_up, records = uploads.load()
     if len(x_up) == 0:
         raise NothingToLearn("Nothing to retrain on: upload images first (Bulk upload tab).")
@@ -154,7 +156,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     report(0.02, "pseudo-labelling unlabeled uploads")
     labelled = _label_uploads(parent, x_up, y_up, serving, threshold, started)
     labels, keep, unlabeled, confident = (labelled[k] for k in ("labels", "keep", "unlabeled", "confident"))
-    phases = {"pseudo-labels": labelled["seconds"]}
+    phases = {"starting": started - asked, "pseudo-labels": labelled["seconds"]}
     report(0.05, "loading original training images to mix in")
     x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
     reviewed = np.array([r["source"] == "review" for r in records], bool)
@@ -162,7 +164,7 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
-    budget = training_budget(time.time() - started, labelled["seconds_per_view"], labelled["seconds_per_refresh_image"],
+    budget = training_budget(time.time() - asked, labelled["seconds_per_view"], labelled["seconds_per_refresh_image"],
                              len(x_up), tta.VIEWS[serving.tta_level], len(x_train))
     result = train.finetune(parent.model_path, x_train, y_train, epochs, time_budget_s=budget,
                             report=lambda f, m: report(0.08 + 0.72 * f, f"training: {m}"))
@@ -192,6 +194,6 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
             "pseudo_used": int(confident.sum()), "pseudo_candidates": int(unlabeled.sum()),
             "labeled": int((~unlabeled).sum()), "reviewed": int(reviewed.sum()),
             "estimated_on_uploads": metadata["estimated_accuracy_on_uploads"],
-            "uploads": len(x_up), "seconds": round(time.time() - started, 1),
+            "uploads": len(x_up), "seconds": round(time.time() - asked, 1),
             "phases": {k: round(v, 1) for k, v in phases.items()}, "train_budget_seconds": round(budget, 1),
             "train_steps": result.history.get("steps"), "runtime": runtime.describe(candidate.runtime)}, candidate
