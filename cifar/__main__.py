@@ -7,6 +7,7 @@ start-up time: `versions` or `--help` answers without loading TensorFlow.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -188,13 +189,20 @@ def cmd_serve_cluster(args) -> None:
               "through the Hub", flush=True)
     home = Path(args.home) if args.home else None
     cluster = Cluster(args.replicas, port=args.port, home=home, host=args.host)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    # Ctrl-C, or a supervisor's SIGTERM, stops the replicas and HAProxy too (never orphans); set
+    # here because a shell that starts this in the background hands it SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     print(f"starting {args.replicas} replicas and HAProxy (replica logs in {cluster.home})", flush=True)
-    cluster.start()
-    for replica in cluster.replicas:
-        print(f"  {replica.name}: {replica.url} (CIFAR_HOME {replica.home})", flush=True)
-    print(f"serving at http://{args.host}:{cluster.port} (HAProxy stats: http://127.0.0.1:{cluster.stats_port}/stats); "
-          "Ctrl-C stops everything", flush=True)
     try:
+        cluster.start()
+        for replica in cluster.replicas:
+            print(f"  {replica.name}: {replica.url} (CIFAR_HOME {replica.home})", flush=True)
+        print(f"serving at http://{args.host}:{cluster.port} (HAProxy stats: http://127.0.0.1:{cluster.stats_port}/stats); "
+              "Ctrl-C stops everything", flush=True)
         while True:  # a replica that exits is started again, as a supervisor would
             time.sleep(2)
             for replica in cluster.replicas:

@@ -277,12 +277,14 @@ def write_report(rows: list[dict], out: Path) -> None:
         lines.append(f"\nMean absolute error {100 * np.mean(np.abs(errors)):.2f} points, worst "
                      f"{100 * np.max(np.abs(errors)):.2f} ({len(errors)} estimates).")
     (out / "bench_retrain.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(rows)), 3.6 if len(rows) < 10 else 4.4))
     positions = np.arange(len(rows))
     for offset, key, name in ((-0.3, "shifted_before", "shifted, before"), (-0.1, "shifted_after", "shifted, after"),
                               (0.1, "clean_before", "clean, before"), (0.3, "clean_after", "clean, after")):
         ax.bar(positions + offset, [r[key] for r in rows], 0.2, label=name)
-    ax.set_xticks(positions, [r["shift"] for r in rows]), ax.set_ylabel("accuracy on the eval half")
+    ax.set_xticks(positions, [r["shift"].removeprefix("c10c-") for r in rows], rotation=35 if len(rows) > 9 else 0,
+                  ha="right" if len(rows) > 9 else "center")
+    ax.set_ylabel("accuracy on the eval half")
     ax.set_ylim(0, 1), ax.legend(ncol=4, fontsize=8, loc="lower center")
     ax.set_title("Retraining on 1,000 unlabeled shifted images")
     fig.tight_layout()

@@ -197,10 +197,13 @@ def test_a_killed_replica_leaves_the_balancer_and_rejoins_on_an_empty_disk(clust
 
 
 def test_serve_cluster_starts_replicas_and_the_balancer_and_stops_them(tmp_path):
+    """Started as a shell's background job starts it (SIGINT ignored, inherited), Ctrl-C still
+    stops the balancer and every replica: none is left running."""
     port = free_port()
     command = subprocess.Popen([sys.executable, "-m", "cifar", "serve-cluster", "--replicas", "1", "--port", str(port),
                                 "--home", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "HF_REPO_ID": ""})
+                               text=True, env={**os.environ, "HF_REPO_ID": ""},
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     said = []
     try:
         for line in command.stdout:
@@ -211,8 +214,15 @@ def test_serve_cluster_starts_replicas_and_the_balancer_and_stops_them(tmp_path)
         assert said[-1].startswith(f"serving at http://127.0.0.1:{port}"), said
         answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert answer.json()["replica"] == "replica-1" and answer.cookies["CIFAR_REPLICA"] == "replica-1"
+        replica_url = next(line.split()[1] for line in said if line.startswith("  replica-1: "))
+        assert httpx.get(f"{replica_url}/healthz", timeout=10).json()["replica"] == "replica-1"
     finally:
         command.send_signal(signal.SIGINT)  # Ctrl-C stops the replicas and HAProxy
-        command.wait(60)
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        try:
+            command.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(command.pid, signal.SIGKILL)  # a failure here must not leave them running for later tests
+            raise
+    for url in (f"http://127.0.0.1:{port}", replica_url):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/healthz", timeout=5)
