@@ -9,7 +9,7 @@ import logging
 
 from cifar import config
 from cifar.service import Service
-from cifar.ui import KEYS_JS, build, sessions
+from cifar.ui import KEYS_JS, build, queue, sessions
 from cifar.ui.common import ASSETS
 from cifar.ui.retrain import status_route
 
@@ -30,6 +30,7 @@ def main() -> None:
     service = Service()
     demo = build(service)
     demo.queue(default_concurrency_limit=4)
+    queue.poll_less(demo)  # Gradio polls its queue every 1 ms, on the loop that serves all HTTP
     sessions.install()  # a new session no longer builds every component's config up front
     sessions.keep_sessions_with_events(demo)  # a retrain's session outlives thousands of one-shot calls
     # Every API call is a new Gradio session whose state is kept up to state_session_capacity;

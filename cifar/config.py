@@ -169,3 +169,8 @@ def onednn_isa_cap() -> str:
 def precision_override() -> str:
     """CIFAR_PRECISION, or "" to let cifar.cpu choose by the CPU's features."""
     return os.environ.get("CIFAR_PRECISION", "").strip()
+
+
+def queue_poll_seconds() -> float:
+    """CIFAR_QUEUE_POLL_S: how often Gradio's queue looks for work it can start (Gradio: 1 ms)."""
+    return float(os.environ.get("CIFAR_QUEUE_POLL_S", "0.005"))
