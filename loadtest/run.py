@@ -46,10 +46,11 @@ class App:
                                          env={**os.environ, "CIFAR_HOME": str(self.home),
                                               "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
                                          stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready(timeout)
+        # The app adds /healthz last, after Gradio's routes answer: ready means that one answers.
+        self._wait_ready(timeout, "/healthz" if Path(script) == ROOT / "app.py" else "/gradio_api/info")
         self.ready_seconds = time.time() - self.started
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, path: str) -> None:
         import httpx
 
         deadline = time.time() + timeout
@@ -57,7 +58,7 @@ class App:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/gradio_api/info", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.3)
