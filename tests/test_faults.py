@@ -5,8 +5,8 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
+import psutil
 from conftest import AppProcess
 from gradio_client import Client, handle_file
 
@@ -16,19 +16,6 @@ def wait_for_log(app: AppProcess, text: str, timeout: float = 120) -> None:
     while text not in app.log.read_text():
         assert time.time() < deadline, f"never saw {text!r} in the log"
         time.sleep(0.2)
-
-
-def children(pid: int) -> list[int]:
-    """The processes `pid` started (any of its threads), from /proc."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def niceness(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[16])  # field 19 of proc(5)
 
 
 def test_sigkill_during_retrain_loses_nothing(tmp_path, test_split):
@@ -71,15 +58,14 @@ def test_sigkill_during_retrain_loses_nothing(tmp_path, test_split):
         assert status["state"] in ("queued", "running") and time.time() < deadline, status
         time.sleep(0.2)
     # The retrain runs in a process of its own (serving keeps its GIL), niced so serving comes first.
-    retrain = [pid for pid in children(app.proc.pid)
-               if b"cifar.retrain_process" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(retrain) == 1 and niceness(retrain[0]) == 10 and niceness(app.proc.pid) == 0
+    served_by = psutil.Process(app.proc.pid)
+    retrain = [child for child in served_by.children() if "cifar.retrain_process" in child.cmdline()]
+    assert len(retrain) == 1 and retrain[0].nice() == 10 and served_by.nice() == 0
     app.proc.send_signal(signal.SIGKILL)  # mid-training, as the job's own state said
     app.proc.wait()
-    deadline = time.time() + 60  # no orphan goes on to save a version nobody waits for
-    while Path(f"/proc/{retrain[0]}").exists() and b"retrain_process" in Path(f"/proc/{retrain[0]}/cmdline").read_bytes():
-        assert time.time() < deadline, "the retrain's process outlived the app"
-        time.sleep(0.2)
+    # No orphan goes on to save a version nobody waits for.
+    _, alive = psutil.wait_procs(retrain, timeout=60)
+    assert not alive, "the retrain's process outlived the app"
 
     restarted = AppProcess(home)
     try:
