@@ -162,6 +162,9 @@ def cmd_bench_retrain(args) -> None:
         bench_retrain.calibrate(current, x[subset], y[subset], {s: bench_retrain.CANDIDATES[s] for s in shifts
                                                                if s in bench_retrain.CANDIDATES})
         return
+    if args.estimate_only:
+        bench_retrain.estimates_only(shifts, args.data, args.images)
+        return
     bench_retrain.run(shifts, args.data, Path(args.out), args.images, args.eval_per_class, args.labeled, args.review)
     print((Path(args.out) / "bench_retrain.md").read_text())
 
@@ -214,6 +217,8 @@ def add_commands(commands) -> None:
     p.add_argument("--out", default="data/bench-retrain")
     p.add_argument("--eval-per-class", type=int, default=None, help="score on this many eval images a class")
     p.add_argument("--calibrate", action="store_true", help="only score the shipped model at candidate strengths")
+    p.add_argument("--estimate-only", action="store_true",
+                   help="only the served model's label-free estimate on each shift's uploads, no retrain (a minute)")
     p.add_argument("--labeled", action="store_true",
                    help="upload the field images with their true labels: the ceiling of pseudo-labelling")
     p.add_argument("--recipe", default=None, help="override retrain settings, e.g. epochs=8,lr_scale=0.2")

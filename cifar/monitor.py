@@ -1,7 +1,14 @@
 """Live statistics of what is served: requests and latency per endpoint, and a rolling window of
 the last predictions (time, latency, calibrated confidence, class, ATC score) from which the
-Monitoring tab estimates the model's accuracy in the field. Only statistics are kept, never the
-images. Thread-safe, bounded memory; recording one prediction costs a few microseconds."""
+Monitoring tab estimates the model's accuracy in the field.
+
+The estimate is the one `cifar.learning.estimate` chose: the agreement of a copy of the model
+adapted to the images. For it the monitor keeps the last `SAMPLE` served images in memory (3 KB
+each, never written anywhere, gone at a restart or a model swap); `measure_agreement` scores
+them, at most once every `AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement.
+Until 200 predictions are scored the estimate is ATC's (the share above the threshold).
+Thread-safe, bounded memory; recording one prediction costs a few microseconds."""
+import itertools
 import threading
 import time
 from collections import defaultdict, deque
@@ -10,8 +17,11 @@ import numpy as np
 
 from . import CLASSES
 from .learning import estimate
+from .train import RETRAIN
 
 WINDOW = 2000          # predictions the field estimate is computed over
+SAMPLE = 1000          # the newest served images kept for the adapted copy's agreement
+AGREEMENT_EVERY_S = 60  # scoring 1,000 images takes ~2 s of CPU: at most once a minute
 ALERT_DROP = 0.05      # estimated accuracy this far below the held-out reference raises the alert
 MIN_FOR_ALERT = 50     # fewer predictions than this say too little to alert on
 BUCKET_S = 15          # the time series' resolution: fine enough to draw a line within a minute
@@ -24,8 +34,12 @@ class Monitor:
         self._latencies: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self._requests: dict[str, int] = defaultdict(int)
         self._errors: dict[str, int] = defaultdict(int)
-        # One row per served prediction: unix time, latency s, top probability, class, above ATC threshold.
+        # One row per served prediction: unix time, latency s, top probability, class, above ATC threshold, id.
         self._served: deque = deque(maxlen=predictions)
+        self._images: deque = deque(maxlen=min(SAMPLE, predictions))  # (id, image, served class)
+        self._agreement: dict[int, float] = {}  # id -> the adapted copy's probability of the served class
+        self._ids = itertools.count()
+        self.scored_at = 0.0
 
     def record(self, endpoint: str, seconds: float, ok: bool = True, count: int = 1) -> None:
         with self._lock:
@@ -34,19 +48,45 @@ class Monitor:
             if not ok:
                 self._errors[endpoint] += 1
 
-    def observe(self, probabilities: np.ndarray, seconds: float, threshold: float | None) -> None:
-        """Keep the statistics of served predictions (N, 10) that took `seconds` in all."""
+    def observe(self, probabilities: np.ndarray, seconds: float, threshold: float | None,
+                images: np.ndarray | None = None) -> None:
+        """Keep the statistics of served predictions (N, 10) that took `seconds` in all, and their
+        `images` (N, 32, 32, 3) for the adapted copy's agreement."""
         scores = estimate.score(probabilities)
         above = scores > threshold if threshold is not None else np.zeros(len(scores), bool)
         now = time.time()
-        rows = [(now, seconds, float(p.max()), int(p.argmax()), bool(a)) for p, a in zip(probabilities, above)]
         with self._lock:
-            self._served.extend(rows)
+            ids = [next(self._ids) for _ in range(len(probabilities))]
+            self._served.extend((now, seconds, float(p.max()), int(p.argmax()), bool(a), i)
+                                for p, a, i in zip(probabilities, above, ids))
+            if images is not None:
+                self._images.extend((i, image, int(p.argmax())) for i, image, p in zip(ids, images, probabilities))
 
     def reset_window(self) -> None:
         """Forget the served predictions (after a model swap they describe the previous model)."""
         with self._lock:
             self._served.clear()
+            self._images.clear()
+            self._agreement.clear()
+
+    def unscored(self) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+        """The kept images (ids, images, served classes) when enough of them are new since the last
+        scoring and that was long enough ago; else None."""
+        with self._lock:
+            kept = list(self._images)
+            new = sum(1 for i, _, _ in kept if i not in self._agreement)
+        if len(kept) < RETRAIN["adapt_min"] or new == 0 or time.time() - self.scored_at < AGREEMENT_EVERY_S:
+            return None
+        ids, images, classes = zip(*kept)
+        return list(ids), np.stack(images), np.array(classes)
+
+    def score(self, ids: list[int], agreement: np.ndarray) -> None:
+        """Store each prediction's agreement (rows that left the window meanwhile are skipped)."""
+        with self._lock:
+            self._agreement.update(zip(ids, (float(a) for a in agreement)))
+            window = {row[5] for row in self._served}
+            self._agreement = {i: a for i, a in self._agreement.items() if i in window}
+            self.scored_at = time.time()
 
     def counts(self) -> dict[str, int]:
         """Requests answered per endpoint since the start."""
@@ -73,11 +113,16 @@ class Monitor:
         `prior` the share of each class in its training data."""
         with self._lock:
             served = list(self._served)
+            agreement = np.array([self._agreement.get(row[5], np.nan) for row in served], float)
         n = len(served)
-        times, latency, confidence, classes, above = np.array(served, float).reshape(n, 5).T
-        classes, above = classes.astype(int), above.astype(bool)
+        times, latency, confidence, classes, above, _ = np.array(served, float).reshape(n, 6).T
+        classes = classes.astype(int)
+        # Per prediction, what the estimate averages: its agreement where scored, else ATC's 0/1.
+        scored = int((~np.isnan(agreement)).sum())
+        method = "agreement" if scored >= RETRAIN["adapt_min"] else "atc"
+        correct = agreement if method == "agreement" else above
         expected = reference.get("reference_accuracy")
-        estimated = float(above.mean()) if n and "atc_threshold" in reference else None
+        estimated = float(np.nanmean(correct)) if n and "atc_threshold" in reference else None
         alert = bool(estimated is not None and expected is not None and n >= MIN_FOR_ALERT
                      and estimated < expected - ALERT_DROP)
         timeline = []
@@ -88,13 +133,14 @@ class Monitor:
                 timeline.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(start) * BUCKET_S)),
                                  "predictions_per_minute": round(float(rows.sum()) * 60 / BUCKET_S, 1),
                                  "latency_p95_ms": round(float(np.percentile(latency[rows], 95)) * 1000, 1),
-                                 "estimated_accuracy": round(float(above[rows].mean()), 4) if estimated is not None else None})
+                                 "estimated_accuracy": _bucket_mean(correct[rows]) if estimated is not None else None})
         reference_hist = np.asarray(reference.get("confidence_histogram") or [0] * 20, float)
         served_hist = np.histogram(confidence, bins=len(reference_hist), range=(0, 1))[0]
         class_counts = np.bincount(classes, minlength=len(CLASSES))
         return {
             "predictions": n, "window": self._served.maxlen,
             "estimated_accuracy": None if estimated is None else round(estimated, 4),
+            "estimate_method": method, "estimate_scored": scored,
             "reference_accuracy": None if expected is None else round(float(expected), 4),
             "alert": alert,
             "mean_confidence": round(float(confidence.mean()), 4) if n else None,
@@ -108,6 +154,24 @@ class Monitor:
 
     def uptime(self) -> float:
         return time.time() - self.started
+
+
+def _bucket_mean(values: np.ndarray) -> float | None:
+    """The mean of a time bucket's estimate values; None where none is scored yet (the newest)."""
+    values = values[~np.isnan(values)]
+    return round(float(values.mean()), 4) if len(values) else None
+
+
+def measure_agreement(monitor: Monitor, predictor) -> bool:
+    """Score the kept images with a copy of `predictor`'s model adapted to them (see the module's
+    text); False when there was nothing to do yet."""
+    unscored = monitor.unscored()
+    if unscored is None:
+        return False
+    ids, images, classes = unscored
+    adapted = estimate.adapted_view(predictor.model, images, predictor.temperature)
+    monitor.score(ids, adapted[np.arange(len(ids)), classes])
+    return True
 
 
 def alert_message(field: dict) -> str | None:

@@ -19,7 +19,7 @@ from . import CLASSES, config, cpu, images, retrain_claim, retrain_process, runt
 from .hub import HubError, push as hub_push
 from .jobs import Busy, JobRunner, JobStore, UnknownJob
 from .learning import calibration, estimate, retrain as learning_retrain, review
-from .monitor import ALERT_DROP, Monitor, alert_message
+from .monitor import ALERT_DROP, Monitor, alert_message, measure_agreement
 from .predict import MicroBatcher, Predictor
 from .registry import Registry, RegistryError, Version, new_version_id, write_json_atomic
 from .state_sync import StateSync
@@ -47,6 +47,7 @@ class Service:
         self.monitor = Monitor()
         self.tta_level = cpu.tta_level()
         self._swap_lock = threading.Lock()
+        self._field_scoring = threading.Lock()
         self.jobs = JobStore(config.jobs_dir())
         for job_id in self.jobs.mark_interrupted():
             log.warning("job %s was running when the app stopped: marked interrupted", job_id)
@@ -98,22 +99,22 @@ class Service:
             raise UserError("Cannot read this image: the file could not be opened.") from None
 
     def _observed(self, endpoint: str, fn, count: int = 1) -> np.ndarray:
-        """`fn` returns served probabilities (N, 10): time it, and keep their statistics for the
-        field estimate (never the images)."""
+        """`fn` returns the served images (N, 32, 32, 3) and their probabilities (N, 10): time it,
+        and keep both for the field estimate (the images in memory only, see cifar.monitor)."""
         started = time.perf_counter()
-        probabilities = self._timed(endpoint, fn, count)
+        x, probabilities = self._timed(endpoint, fn, count)
         threshold = self._predictor.calibration.get("atc_threshold")
-        self.monitor.observe(probabilities, time.perf_counter() - started, threshold)
+        self.monitor.observe(probabilities, time.perf_counter() - started, threshold, x)
         return probabilities
 
     def predict(self, source) -> dict[str, float]:
         """Calibrated confidences {class: probability} of one image. Concurrent calls share
         network calls through the micro-batcher (unless CIFAR_MAX_BATCH=1)."""
         def run():
-            x = self._array(source)
+            x = self._array(source)[None]
             if self.batcher:
-                return self.batcher.predict(x)[None]
-            return self._predictor.predict_arrays(x[None])
+                return x, self.batcher.predict(x[0])[None]
+            return x, self._predictor.predict_arrays(x)
         p = self._observed("predict", run)[0]
         return {c: float(p[i]) for i, c in enumerate(CLASSES)}
 
@@ -131,8 +132,8 @@ class Service:
             except images.ImageError as exc:
                 rows.append([name, "error", str(exc).removeprefix(f"{name}: ")])
         if arrays:
-            probabilities = self._observed("predict_batch", lambda: self._predictor.predict_arrays(np.stack(arrays)),
-                                           count=len(arrays))
+            x = np.stack(arrays)
+            probabilities = self._observed("predict_batch", lambda: (x, self._predictor.predict_arrays(x)), count=len(arrays))
             for row_index, p in zip(good, probabilities):
                 rows[row_index][1:] = [CLASSES[int(p.argmax())], round(float(p.max()), 4)]
         return rows
@@ -339,6 +340,18 @@ class Service:
         """"running" here, "retraining on replica X since ..." elsewhere, or "idle"."""
         return "running" if self.retrains.running else self.sync.retrain_elsewhere() or "idle"
 
+    def _score_field(self, predictor: Predictor) -> None:
+        """One background scoring at a time: a person opening Monitoring never waits for it."""
+        if self._field_scoring.acquire(blocking=False):
+            def score():
+                try:
+                    measure_agreement(self.monitor, predictor)
+                except Exception:  # an estimate is never worth a crash; the next look tries again
+                    log.exception("scoring the field estimate failed")
+                finally:
+                    self._field_scoring.release()
+            threading.Thread(target=score, name="field-estimate", daemon=True).start()
+
     def health(self) -> dict:
         """What a load balancer's health check and a cluster report need, cheaply: the version
         served, this replica's name, and the requests it has answered per endpoint."""
@@ -347,8 +360,10 @@ class Service:
 
     def monitoring(self) -> dict:
         """The model in the field as plain numbers (the /monitoring endpoint): the rolling
-        window's estimated accuracy against the held-out reference, the alert, the mixes."""
+        window's estimated accuracy against the held-out reference, the alert, the mixes.
+        Starts scoring the newest served images in the background when due (cifar.monitor)."""
         predictor = self._predictor
+        self._score_field(predictor)
         training = self.registry.get(predictor.version).training_distribution()
         total = max(1, sum(training.values()))
         field = self.monitor.field(predictor.calibration, {c: n / total for c, n in training.items()})

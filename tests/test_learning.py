@@ -84,11 +84,19 @@ def test_estimate_on_a_synthetic_case_with_a_known_answer():
     assert estimate.estimate_accuracy(target, threshold) == pytest.approx(0.3)
     assert estimate.estimate_accuracy(reference, threshold) == pytest.approx(0.8)
     assert estimate.estimate_accuracy(np.zeros((0, 10)), threshold) is None
-    # A copy adapted to the target that gives the served answers 40% on average: the lower one wins.
-    adapted = np.full((100, 10), 0.6 / 9)
-    adapted[:, 0] = 0.4
-    assert estimate.estimate_accuracy(target, threshold, adapted) == pytest.approx(0.3)
+    # A copy adapted to the target gives class 0 0.4 and class 1 0.5 on every image. The served
+    # answer is class 0 on every row (sure and unsure rows both peak there), so the probability the
+    # copy gives it, 0.4, is the estimate on both sets, whatever ATC says.
+    adapted = np.full((100, 10), 0.1 / 8)
+    adapted[:, 0], adapted[:, 1] = 0.4, 0.5
+    assert estimate.estimate_accuracy(target, threshold, adapted) == pytest.approx(0.4)
     assert estimate.estimate_accuracy(reference, threshold, adapted) == pytest.approx(0.4)
+    # Served answers split 30/70 between classes 0 and 2, the copy giving them 0.9 and 0.2: 0.41.
+    split = np.array([sure] * 30 + [np.roll(sure, 2)] * 70)
+    second = np.full((100, 10), 0.0)
+    second[:30, 0], second[:30, 1] = 0.9, 0.1
+    second[30:, 2], second[30:, 3] = 0.2, 0.8
+    assert estimate.estimate_accuracy(split, threshold, second) == pytest.approx(0.3 * 0.9 + 0.7 * 0.2)
 
 
 def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):
@@ -125,6 +133,28 @@ def test_monitor_alerts_when_the_field_estimate_drops():
     monitor.reset_window()
     assert monitor.field(reference, prior)["estimated_accuracy"] is None
 
+
+def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images_are_scored():
+    reference = {"atc_threshold": -0.2, "reference_accuracy": 0.9, "confidence_histogram": [0] * 20}
+    prior = {c: 0.1 for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
+    monitor = Monitor(predictions=300)
+    sure = np.full((150, 10), 0.001)
+    sure[:, 3] = 0.991                                    # ATC counts every one of these right
+    pictures = np.zeros((150, 32, 32, 3), np.uint8)
+    monitor.observe(sure, 0.02, reference["atc_threshold"], pictures)
+    assert monitor.unscored() is None                     # 150 kept: too few for an adapted copy
+    monitor.observe(sure[:100], 0.02, reference["atc_threshold"], pictures[:100])
+    ids, kept, classes = monitor.unscored()
+    assert len(ids) == len(kept) == 250 and (classes == 3).all()
+    monitor.score(ids[:220], np.full(220, 0.25))          # the copy gives the served class 0.25 on average
+    field = monitor.field(reference, prior)
+    assert field["estimate_method"] == "agreement" and field["estimate_scored"] == 220
+    assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 1.0
+    assert monitor.unscored() is None                     # scored a moment ago: not again within the minute
+    monitor.scored_at -= 61
+    assert len(monitor.unscored()[0]) == 250              # 30 still unscored
+    monitor.reset_window()                                # a new model: nothing kept describes it
+    assert monitor.unscored() is None and monitor.field(reference, prior)["estimated_accuracy"] is None
 
 def test_the_training_budget_leaves_room_for_the_work_after_training():
     """The retrain prices what follows training at this machine's measured Keras speed: a fast
