@@ -21,7 +21,7 @@ from .train import RETRAIN
 
 WINDOW = 2000          # predictions the field estimate is computed over
 SAMPLE = 1000          # the newest served images kept for the adapted copy's agreement
-AGREEMENT_EVERY_S = 60  # scoring 1,000 images takes ~2 s of CPU: at most once a minute
+AGREEMENT_EVERY_S = 120  # scoring 1,000 images costs 3-6 s of CPU here: at most every 2 minutes
 ALERT_DROP = 0.05      # estimated accuracy this far below the held-out reference raises the alert
 MIN_FOR_ALERT = 50     # fewer predictions than this say too little to alert on
 BUCKET_S = 15          # the time series' resolution: fine enough to draw a line within a minute

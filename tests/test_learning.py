@@ -4,7 +4,7 @@ import pytest
 
 from cifar import bench_retrain, config, data, evaluate, model as net, predict, serving, train
 from cifar.learning import calibration, estimate
-from cifar.monitor import Monitor
+from cifar.monitor import AGREEMENT_EVERY_S, Monitor
 from cifar.registry import Registry
 
 
@@ -150,8 +150,8 @@ def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images
     field = monitor.field(reference, prior)
     assert field["estimate_method"] == "agreement" and field["estimate_scored"] == 220
     assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 1.0
-    assert monitor.unscored() is None                     # scored a moment ago: not again within the minute
-    monitor.scored_at -= 61
+    assert monitor.unscored() is None                     # scored a moment ago: not again so soon
+    monitor.scored_at -= AGREEMENT_EVERY_S + 1
     assert len(monitor.unscored()[0]) == 250              # 30 still unscored
     monitor.reset_window()                                # a new model: nothing kept describes it
     assert monitor.unscored() is None and monitor.field(reference, prior)["estimated_accuracy"] is None

@@ -52,7 +52,7 @@ def status_text(service: Service, field: dict) -> str:
     else:
         how = (f"a copy of the model adapted to the images served agrees with {field['estimate_scored']:,} of its "
                "answers this much" if field["estimate_method"] == "agreement" else
-               "from confidence alone until 200 served images are scored by an adapted copy, within a minute")
+               "from confidence alone until 200 served images are scored by an adapted copy")
         text += (f"\n\nEstimated accuracy on the last {field['predictions']:,} predictions: "
                  f"**{field['estimated_accuracy']:.1%}** ({how}; held-out reference {field['reference_accuracy']:.1%}; "
                  f"mean confidence {field['mean_confidence']:.1%}).")
