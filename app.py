@@ -31,6 +31,7 @@ def main() -> None:
     demo = build(service)
     demo.queue(default_concurrency_limit=4)
     queue.poll_less(demo)  # Gradio polls its queue every 1 ms, on the loop that serves all HTTP
+    queue.skip_analytics(demo)  # and summarises its last 10,000 events after each one, for nobody
     sessions.install()  # a new session no longer builds every component's config up front
     sessions.keep_sessions_with_events(demo)  # a retrain's session outlives thousands of one-shot calls
     # Every API call is a new Gradio session whose state is kept up to state_session_capacity;
@@ -39,7 +40,8 @@ def main() -> None:
     launch = dict(server_name=args.host, server_port=args.port, show_error=True, max_file_size="100mb",
                   state_session_capacity=300,
                   allowed_paths=[str(ASSETS), str(config.plots_dir())],
-                  blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp)
+                  blocked_paths=[str(config.uploads_dir()), str(config.registry_dir())], mcp_server=args.mcp,
+                  enable_monitoring=False)  # the Monitoring tab is the app's; Gradio's dashboard would be empty
     demo.launch(share=args.share, prevent_thread_lock=True, js=KEYS_JS, **launch)
     demo.server_app.add_api_route("/api/retrain_status", status_route(service), methods=["GET"])
     # Outside Gradio's queue: a load balancer's health check stays quick under any load.
