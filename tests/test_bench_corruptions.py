@@ -30,5 +30,7 @@ def test_quick_run_writes_the_table_and_the_plot(tmp_path):
     table = (tmp_path / "corruptions.md").read_text()
     assert "| gaussian_noise | 5 |" in table and "| 72.3% | 28.1% |" in table  # Tent's source and norm columns
     assert "| saturate (held out) | 5 |" in table and "Estimate on the 4 held out" in table
-    assert "| the adapted copy's agreement alone |" in table  # the candidates, compared on the same cells
+    assert "| the adapted copy's agreement alone (the app's, chosen here) |" in table  # the candidates, same cells
+    assert "| ATC alone |" in table and "| lower of ATC and agreement (the app's before 2026-12-02) |" in table
+    assert all(r["estimate"] == r["agreement"] != r["atc"] for r in rows.values() if r["severity"])  # the app's choice
     assert (tmp_path / "corruptions.png").stat().st_size > 10_000
