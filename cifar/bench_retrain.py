@@ -124,7 +124,8 @@ def estimation(predictor, x, y, when: str) -> dict:
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
     adapted, threshold = adapted_view(predictor.model, x, predictor.temperature), predictor.calibration["atc_threshold"]
-    estimated = estimate_accuracy(probabilities, threshold, adapted)  # as estimate_served, keeping the parts
+    estimated = estimate_accuracy(probabilities, threshold, adapted,  # as estimate_served, keeping the parts
+                                  predictor.calibration.get("reference_accuracy"))
     return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true,
             f"atc_{when}": estimate_accuracy(probabilities, threshold),
             f"agreement_{when}": agreement(probabilities, adapted) if adapted is not None else None}

@@ -6,7 +6,8 @@ The estimate is the one `cifar.learning.estimate` chose: the agreement of a copy
 adapted to the images. For it the monitor keeps the last `SAMPLE` served images in memory (3 KB
 each, never written anywhere, gone at a restart or a model swap); `measure_agreement` scores
 them, at most once every `AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement.
-Until 200 predictions are scored the estimate is ATC's (the share above the threshold).
+Until 200 predictions are scored, and while ATC's estimate (the share above its threshold) is within
+5 points of the held-out reference, the estimate is ATC's.
 Thread-safe, bounded memory; recording one prediction costs a few microseconds."""
 import itertools
 import threading
@@ -117,11 +118,13 @@ class Monitor:
         n = len(served)
         times, latency, confidence, classes, above, _ = np.array(served, float).reshape(n, 6).T
         classes = classes.astype(int)
-        # Per prediction, what the estimate averages: its agreement where scored, else ATC's 0/1.
+        # Per prediction, what the estimate averages: its agreement where scored, else ATC's 0/1
+        # (also when ATC says the images look like the training ones: cifar.learning.estimate).
         scored = int((~np.isnan(agreement)).sum())
-        method = "agreement" if scored >= RETRAIN["adapt_min"] else "atc"
-        correct = agreement if method == "agreement" else above
         expected = reference.get("reference_accuracy")
+        familiar = bool(n) and estimate.looks_familiar(float(above.mean()), expected)
+        method = "agreement" if scored >= RETRAIN["adapt_min"] and not familiar else "atc"
+        correct = agreement if method == "agreement" else above
         estimated = float(np.nanmean(correct)) if n and "atc_threshold" in reference else None
         alert = bool(estimated is not None and expected is not None and n >= MIN_FOR_ALERT
                      and estimated < expected - ALERT_DROP)

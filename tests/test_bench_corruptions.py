@@ -24,13 +24,17 @@ def test_quick_run_writes_the_table_and_the_plot(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = {(r["corruption"], r["severity"]): r for r in json.loads((tmp_path / "corruptions.json").read_text())["rows"]}
-    assert set(rows) == {("clean", 0), ("gaussian_noise", 5), ("pixelate", 5), ("saturate", 5)}
+    assert set(rows) == {("clean", 0), ("gaussian_noise", 5), ("pixelate", 5), ("saturate", 5),
+                         ("label shift: 1 class", 0), ("label shift: 2 classes", 0), ("label shift: 5 classes", 0)}
     assert rows["gaussian_noise", 5]["accuracy"] < rows["clean", 0]["accuracy"] - 0.2  # the noise hurts
     assert all(0 <= r["estimate"] <= 1 and 0 <= r["adapted_accuracy"] <= 1 for r in rows.values())
     table = (tmp_path / "corruptions.md").read_text()
     assert "| gaussian_noise | 5 |" in table and "| 72.3% | 28.1% |" in table  # Tent's source and norm columns
     assert "| saturate (held out) | 5 |" in table and "Estimate on the 4 held out" in table
-    assert "| the adapted copy's agreement alone (the app's, chosen here) |" in table  # the candidates, same cells
-    assert "| ATC alone |" in table and "| lower of ATC and agreement (the app's before 2026-12-02) |" in table
-    assert all(r["estimate"] == r["agreement"] != r["atc"] for r in rows.values() if r["severity"])  # the app's choice
+    assert "| agreement, or ATC where it is within 5 points of the reference (the app's) |" in table  # the candidates
+    assert "| ATC alone |" in table and "| the adapted copy's agreement alone (chosen on the held-out corruptions) |" in table
+    assert all(r["estimate"] == r["agreement"] != r["atc"] for r in rows.values() if r["severity"])  # shifted: agreement
+    one_class = rows["label shift: 1 class", 0]   # 200 clean airplanes: the adapted copy's assumption fails, ATC holds
+    assert one_class["estimate"] == one_class["atc"] and abs(one_class["atc"] - one_class["accuracy"]) < 0.1
+    assert one_class["agreement"] < one_class["accuracy"] - 0.3
     assert (tmp_path / "corruptions.png").stat().st_size > 10_000

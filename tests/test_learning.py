@@ -115,6 +115,14 @@ def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test
     assert estimated_shifted < estimated_clean - 0.3
     assert abs(estimated_shifted - true_shifted) <= 0.06, (estimated_shifted, true_shifted)
     assert estimate.estimate_served(shipped, shifted) > true_shifted + 0.1      # confidence alone is fooled here
+    # 1,000 clean pictures of one class (label shift): the adapted copy fails (its statistics assume
+    # the training mix), confidence says they look like the training images, and the estimate trusts it.
+    cars = np.flatnonzero(y == 1)[:1000]
+    served = shipped.predict_arrays(x[cars])
+    true_cars = float((served.argmax(1) == 1).mean())
+    assert abs(estimate.estimate_served(shipped, served, x[cars]) - true_cars) <= 0.03, true_cars
+    copy = estimate.adapted_view(shipped.model, x[cars], shipped.temperature)
+    assert estimate.agreement(served, copy) < true_cars - 0.3                   # what the copy alone would say
 
 
 def test_monitor_alerts_when_the_field_estimate_drops():
@@ -138,21 +146,28 @@ def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images
     reference = {"atc_threshold": -0.2, "reference_accuracy": 0.9, "confidence_histogram": [0] * 20}
     prior = {c: 0.1 for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
     monitor = Monitor(predictions=300)
-    sure = np.full((150, 10), 0.001)
-    sure[:, 3] = 0.991                                    # ATC counts every one of these right
+    unsure = np.full((150, 10), 0.09)
+    unsure[:, 3] = 0.19                                   # below ATC's threshold: ATC counts none right
     pictures = np.zeros((150, 32, 32, 3), np.uint8)
-    monitor.observe(sure, 0.02, reference["atc_threshold"], pictures)
+    monitor.observe(unsure, 0.02, reference["atc_threshold"], pictures)
     assert monitor.unscored() is None                     # 150 kept: too few for an adapted copy
-    monitor.observe(sure[:100], 0.02, reference["atc_threshold"], pictures[:100])
+    monitor.observe(unsure[:100], 0.02, reference["atc_threshold"], pictures[:100])
     ids, kept, classes = monitor.unscored()
     assert len(ids) == len(kept) == 250 and (classes == 3).all()
     monitor.score(ids[:220], np.full(220, 0.25))          # the copy gives the served class 0.25 on average
     field = monitor.field(reference, prior)
     assert field["estimate_method"] == "agreement" and field["estimate_scored"] == 220
-    assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 1.0
+    assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 0.0
     assert monitor.unscored() is None                     # scored a moment ago: not again so soon
     monitor.scored_at -= AGREEMENT_EVERY_S + 1
     assert len(monitor.unscored()[0]) == 250              # 30 still unscored
+
+    sure = np.full((300, 10), 0.001)
+    sure[:, 3] = 0.991                                    # the window turns to images ATC counts right: 1.0 >= 0.9 - 0.05
+    monitor.observe(sure, 0.02, reference["atc_threshold"], np.zeros((300, 32, 32, 3), np.uint8))
+    monitor.score(monitor.unscored()[0], np.full(300, 0.25))
+    field = monitor.field(reference, prior)
+    assert field["estimate_method"] == "atc" and field["estimate_scored"] == 300 and field["estimated_accuracy"] == 1.0
     monitor.reset_window()                                # a new model: nothing kept describes it
     assert monitor.unscored() is None and monitor.field(reference, prior)["estimated_accuracy"] is None
 

@@ -50,9 +50,13 @@ def status_text(service: Service, field: dict) -> str:
     if field["estimated_accuracy"] is None:
         text += "\n\nNo predictions served yet since the model was loaded: the field estimate starts with the first."
     else:
-        how = (f"a copy of the model adapted to the images served agrees with {field['estimate_scored']:,} of its "
-               "answers this much" if field["estimate_method"] == "agreement" else
-               "from confidence alone until 200 served images are scored by an adapted copy")
+        if field["estimate_method"] == "agreement":
+            how = (f"a copy of the model adapted to the images served agrees with {field['estimate_scored']:,} "
+                   "of its answers this much")
+        elif field["estimate_scored"] >= 200:
+            how = "from confidence: the images look like the training images"
+        else:
+            how = "from confidence alone until 200 served images are scored by an adapted copy"
         text += (f"\n\nEstimated accuracy on the last {field['predictions']:,} predictions: "
                  f"**{field['estimated_accuracy']:.1%}** ({how}; held-out reference {field['reference_accuracy']:.1%}; "
                  f"mean confidence {field['mean_confidence']:.1%}).")
