@@ -73,8 +73,13 @@ def run(version_id: str, tta_level: int, params: dict, report) -> dict:
 
 
 def _stop_when_parent_goes() -> None:
-    """The app holds our stdin open while it waits for us; end-of-file means it is gone."""
-    sys.stdin.read()
+    """The app holds our stdin open while it waits for us; end-of-file means it is gone.
+
+    Reads the raw descriptor, not `sys.stdin`: a thread blocked in `sys.stdin.read()` holds that
+    object's lock, and a process forked meanwhile (OpenVINO's telemetry forks one to send each
+    conversion's event) deadlocked closing its copy of stdin and outlived us, 1.3 GB each."""
+    while os.read(0, 4096):
+        pass
     os._exit(3)
 
 
