@@ -73,7 +73,7 @@ def run(names, severities, count: int, source: str, out: Path, cifar10c: Path | 
             report(f"{name} {severity}: accuracy {cell['accuracy']:.2%} (adapted {cell['adapted_accuracy']:.2%}); "
                    f"estimate {cell['estimate']:.2%} ({100 * (cell['estimate'] - cell['accuracy']):+.1f} points; "
                    f"ATC {cell['atc']:.2%}, agreement {cell['agreement']:.2%}); {time.time() - started:.0f} s")
-    # Label shift: clean images of a few classes only (one user's photos of cars), where the adapted
+    # Label shift: clean images of a few classes only (one user's photos of planes), where the adapted
     # copy's assumption fails; no corruption, so a candidate is judged on both kinds of shift.
     for k in LABEL_SHIFT:
         picks = np.concatenate([np.flatnonzero(y_test == c)[:count // k] for c in range(k)])

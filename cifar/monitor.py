@@ -70,13 +70,15 @@ class Monitor:
             self._images.clear()
             self._agreement.clear()
 
-    def unscored(self) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    def unscored(self, reference: float | None = None) -> tuple[list[int], np.ndarray, np.ndarray] | None:
         """The kept images (ids, images, served classes) when enough of them are new since the last
-        scoring and that was long enough ago; else None."""
+        scoring, that was long enough ago, and the window does not look familiar against the held-out
+        `reference` (its estimate is ATC's then: no copy needed); else None."""
         with self._lock:
             kept = list(self._images)
             new = sum(1 for i, _, _ in kept if i not in self._agreement)
-        if len(kept) < RETRAIN["adapt_min"] or new == 0 or time.time() - self.scored_at < AGREEMENT_EVERY_S:
+            familiar = _looks_familiar(self._served, reference)
+        if len(kept) < RETRAIN["adapt_min"] or new == 0 or familiar or time.time() - self.scored_at < AGREEMENT_EVERY_S:
             return None
         ids, images, classes = zip(*kept)
         return list(ids), np.stack(images), np.array(classes)
@@ -122,7 +124,7 @@ class Monitor:
         # (also when ATC says the images look like the training ones: cifar.learning.estimate).
         scored = int((~np.isnan(agreement)).sum())
         expected = reference.get("reference_accuracy")
-        familiar = bool(n) and estimate.looks_familiar(float(above.mean()), expected)
+        familiar = _looks_familiar(served, expected)
         method = "agreement" if scored >= RETRAIN["adapt_min"] and not familiar else "atc"
         correct = agreement if method == "agreement" else above
         estimated = float(np.nanmean(correct)) if n and "atc_threshold" in reference else None
@@ -143,7 +145,7 @@ class Monitor:
         return {
             "predictions": n, "window": self._served.maxlen,
             "estimated_accuracy": None if estimated is None else round(estimated, 4),
-            "estimate_method": method, "estimate_scored": scored,
+            "estimate_method": method, "estimate_scored": scored, "looks_familiar": familiar,
             "reference_accuracy": None if expected is None else round(float(expected), 4),
             "alert": alert,
             "mean_confidence": round(float(confidence.mean()), 4) if n else None,
@@ -159,6 +161,11 @@ class Monitor:
         return time.time() - self.started
 
 
+def _looks_familiar(served, reference: float | None) -> bool:
+    """Whether ATC's estimate over these rows is close to the held-out reference (cifar.learning.estimate)."""
+    return bool(served) and estimate.looks_familiar(float(np.mean([row[4] for row in served])), reference)
+
+
 def _bucket_mean(values: np.ndarray) -> float | None:
     """The mean of a time bucket's estimate values; None where none is scored yet (the newest)."""
     values = values[~np.isnan(values)]
@@ -168,7 +175,7 @@ def _bucket_mean(values: np.ndarray) -> float | None:
 def measure_agreement(monitor: Monitor, predictor) -> bool:
     """Score the kept images with a copy of `predictor`'s model adapted to them (see the module's
     text); False when there was nothing to do yet."""
-    unscored = monitor.unscored()
+    unscored = monitor.unscored(predictor.calibration.get("reference_accuracy"))
     if unscored is None:
         return False
     ids, images, classes = unscored

@@ -165,9 +165,11 @@ def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images
     sure = np.full((300, 10), 0.001)
     sure[:, 3] = 0.991                                    # the window turns to images ATC counts right: 1.0 >= 0.9 - 0.05
     monitor.observe(sure, 0.02, reference["atc_threshold"], np.zeros((300, 32, 32, 3), np.uint8))
-    monitor.score(monitor.unscored()[0], np.full(300, 0.25))
+    assert monitor.unscored(reference["reference_accuracy"]) is None      # familiar: no copy is made for it
+    monitor.score(monitor.unscored()[0], np.full(300, 0.25))               # (were it scored anyway)
     field = monitor.field(reference, prior)
     assert field["estimate_method"] == "atc" and field["estimate_scored"] == 300 and field["estimated_accuracy"] == 1.0
+    assert field["looks_familiar"]
     monitor.reset_window()                                # a new model: nothing kept describes it
     assert monitor.unscored() is None and monitor.field(reference, prior)["estimated_accuracy"] is None
 

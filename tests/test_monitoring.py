@@ -36,6 +36,7 @@ def test_clean_traffic_raises_no_alert_and_shifted_traffic_does(fresh_app, test_
     answers += [row[1] for row in client.predict(clean[10:], api_name="/predict_batch")[0]["data"]]
     field = client.predict(api_name="/monitoring")
     assert field["predictions"] == 120 and not field["alert"] and field["estimate_method"] == "atc"  # < 200 images
+    assert field["looks_familiar"]                                                # and clean ones
     assert abs(field["estimated_accuracy"] - field["reference_accuracy"]) < 0.05
     assert field["endpoints"][0]["requests"] >= 10 and field["timeline"][-1]["predictions_per_minute"] > 0
 

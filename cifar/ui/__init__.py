@@ -5,7 +5,7 @@ shows), and `build`, which lays the tabs out and wires what passes between them.
     retrain.py     retrain, with versions.py     review.py      a person labels the least sure
     metrics.py     a version's scores and plots  monitoring.py  the model in the field
     common.py      what the tabs share           sessions.py    Gradio's per-session cost, trimmed
-                                                 queue.py       Gradio's queue, polled less often
+                                                 queue.py       Gradio's queue: less polling, no analytics
 """
 import functools
 

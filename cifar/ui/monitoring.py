@@ -53,7 +53,7 @@ def status_text(service: Service, field: dict) -> str:
         if field["estimate_method"] == "agreement":
             how = (f"a copy of the model adapted to the images served agrees with {field['estimate_scored']:,} "
                    "of its answers this much")
-        elif field["estimate_scored"] >= 200:
+        elif field["looks_familiar"]:
             how = "from confidence: the images look like the training images"
         else:
             how = "from confidence alone until 200 served images are scored by an adapted copy"
