@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import benchmarks, config
+from . import benchmarks, config, cpu
 from .benchmarks import print_progress
 from .registry import Registry, RegistryError, Version
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TTA_HELP = ("test-time views: 0 the image alone, 1 and its mirror, 2 six views (default: the level the app serves "
+            "with on this CPU, CIFAR_TTA if set)")
 
 
 def cmd_train(args) -> None:
@@ -35,7 +37,7 @@ def cmd_train(args) -> None:
                                       validation=(x_test[held_out], y_test[held_out]),
                                       report=print_progress, verbose=0)
     print(f"\ntrained {result.epochs} epochs in {result.seconds:.0f}s", flush=True)
-    predictor = predict.Predictor(result.model)
+    predictor = predict.Predictor(result.model, tta_level=cpu.tta_level())  # as the app will serve it
     fitted = calibration.fit_on_holdout(predictor)
     predictor.calibrate(fitted)
     print(f"calibrated: temperature {fitted['temperature']:.3f}, held-out ECE {fitted['ece_before']:.2%} -> "
@@ -229,19 +231,19 @@ def main(argv=None) -> None:
     p.set_defaults(run=cmd_train)
     p = commands.add_parser("convert", help="make the checked OpenVINO model of a version that has none")
     p.add_argument("--model", required=True, help="a version folder")
-    p.add_argument("--tta", type=int, default=2)
+    p.add_argument("--tta", type=int, default=None, help=TTA_HELP)
     p.add_argument("--force", action="store_true")
     p.set_defaults(run=cmd_convert)
     p = commands.add_parser("calibrate", help="fit and store the calibration of a version that has none")
     p.add_argument("--model", required=True, help="a version folder")
-    p.add_argument("--tta", type=int, default=2)
+    p.add_argument("--tta", type=int, default=None, help=TTA_HELP)
     p.add_argument("--force", action="store_true")
     p.set_defaults(run=cmd_calibrate)
     p = commands.add_parser("evaluate", help="metrics, table and plots of a model on a data split")
     p.add_argument("--model", required=True, help="a model.keras file or a version folder")
     p.add_argument("--data", default=None)
     p.add_argument("--split", default="test")
-    p.add_argument("--tta", type=int, default=2, help="test-time augmentation: 0 none, 1 flip, 2 flip+shift")
+    p.add_argument("--tta", type=int, default=None, help=TTA_HELP)
     p.set_defaults(run=cmd_evaluate)
     p = commands.add_parser("serve-cluster", help="N replicas of the app behind HAProxy on this machine")
     p.add_argument("--replicas", type=int, default=2)
@@ -267,6 +269,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "data", "x") is None:  # train, evaluate, the bench-* commands
         args.data = str(config.dataset_dir())
+    if getattr(args, "tta", 0) is None:  # evaluate, calibrate, convert: as the app would serve
+        args.tta = cpu.tta_level()
     if args.command == "train" and args.out is None:
         args.out = str(config.registry_dir())
     try:

@@ -181,9 +181,13 @@ class StateSync:
             self._thread = threading.Thread(target=self._run, daemon=True, name="hub-sync")
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 60) -> None:
+        """Stop syncing; waits for a round in progress (a push under way) to end, so nothing of it
+        reaches the Hub afterwards."""
         self._stop = True
         self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(wait_s)
 
     def wake(self, labels: bool = False) -> None:
         """Something changed (an upload, a label, a new or current version): sync soon."""

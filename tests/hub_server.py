@@ -41,6 +41,8 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.fail_uploads = 0
+        self.commit_received = threading.Event()  # set by each commit request, as it arrives
+        self.commit_delay_s = 0.0                  # a slow Hub: each commit answers after this long
         self.outage: tuple[int, int] | None = None
         self.requests: list[tuple[str, str, dict]] = []
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
@@ -186,6 +188,8 @@ def _handler(hub: HubServer):
             self._error(404, "NotFound", f"no route PUT {path}")
 
         def _commit(self, repo: Repo, repo_id: str, body: bytes):
+            hub.commit_received.set()
+            time.sleep(hub.commit_delay_s)
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
             header = next(entry["value"] for entry in lines if entry["key"] == "header")
             parent = header.get("parentCommit")

@@ -21,8 +21,9 @@ BAR = "#all-classes svg path[aria-roledescription='bar']"
 @pytest.fixture(scope="module")
 def browser_app(tmp_path_factory):
     # Empty store, counters at zero; Monitoring's timer slowed to 10 minutes, so what it shows when
-    # opened can only come from opening it.
-    app = AppProcess(tmp_path_factory.mktemp("browser") / "home", env={"CIFAR_MONITORING_REFRESH_S": "600"})
+    # opened can only come from opening it. 6 views: what a person sees by default on this CPU.
+    app = AppProcess(tmp_path_factory.mktemp("browser") / "home",
+                     env={"CIFAR_MONITORING_REFRESH_S": "600", "CIFAR_TTA": "2"})
     yield app
     app.stop()
 

@@ -9,8 +9,8 @@ from cifar.service import Service
 def test_shipped_model_accuracy_on_fixed_subset(test_split):
     x, y = test_split
     shipped = Registry(config.shipped_models_dir()).current()
-    recorded = shipped.metrics["accuracy"]
     service = Service()  # the app's own loading path: registry seeding, TTA level, warm-up
+    recorded = shipped.metrics["accuracy_by_tta_level"][str(service.tta_level)]  # at the level it serves at
     assert service.predictor.version == shipped.id
     subset = data.balanced_subset(y, 200, seed=123)  # fixed 2,000 images
     accuracy = float((service.predictor.predict_arrays(x[subset]).argmax(1) == y[subset]).mean())
