@@ -42,10 +42,11 @@ class Predictor:
         """Serve with `calibration`'s temperature (a version's calibration.json)."""
         self.calibration, self.temperature = calibration, float(calibration["temperature"])
 
-    def use_runtime(self, folder, cache_dir=None) -> None:
+    def use_runtime(self, folder, cache_dir=None, keras_answers=None) -> None:
         """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
-        otherwise keep Keras, with the reason in `runtime` (and the log)."""
-        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir)
+        otherwise keep Keras, with the reason in `runtime` (and the log). `keras_answers`: see
+        runtime.load."""
+        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir, keras_answers)
         if network is not None:
             self.network = network
         log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",

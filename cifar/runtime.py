@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -156,9 +157,14 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
     return report
 
 
+def keras_logits_on(model: keras.Model, x: np.ndarray, tta_level: int) -> np.ndarray:
+    """The Keras model's logits for each image of `x`, over the views of `tta_level`."""
+    return tta.logits(net.keras_network(model), x, tta_level)
+
+
 def keras_answers_on(model: keras.Model, x: np.ndarray, tta_level: int) -> np.ndarray:
     """The Keras model's top class for each image of `x`, over the views of `tta_level`."""
-    return tta.logits(net.keras_network(model), x, tta_level).argmax(1)
+    return keras_logits_on(model, x, tta_level).argmax(1)
 
 
 def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
@@ -187,9 +193,11 @@ def describe(status: dict) -> str:
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
-def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tuple[OpenVINONetwork | None, dict]:
+def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
+         keras_answers: Callable[[], np.ndarray] | None = None) -> tuple[OpenVINONetwork | None, dict]:
     """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
-    `model`: the Keras model it was made from, served at `tta_level`.
+    `model`: the Keras model it was made from, served at `tta_level`. `keras_answers`: its Keras
+    answers on the held-out images at that level, from a pass the caller shares (else made here).
 
     The check stands without a rerun when the files are the ones checked on this CPU (their
     hashes, the CPU model and flags); otherwise the artifact serves the held-out images again
@@ -212,6 +220,10 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tu
         return None, {**summary, "runtime": "keras", "passed": False,
                       "why": f"the OpenVINO model could not be loaded ({exc.__class__.__name__})"}
     level = tta_level
+
+    def keras_pass() -> np.ndarray:  # Keras' answers at this level: the caller's shared pass, else one here
+        return keras_answers() if keras_answers else keras_answers_on(model, data.holdout()[0], level)
+
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
     if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
         status = {**summary, **verdict(stored)}  # checked on this CPU: its numbers stand, the rule is today's
@@ -223,7 +235,8 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tu
         if cached is not None and cached.exists():
             result = verdict(json.loads(cached.read_text()))
         else:
-            result = check(network, x, labels, keras_answers_on(model, x, level) if answers is None else answers, level)
+            answers = keras_pass() if answers is None else answers  # stored at another level
+            result = check(network, x, labels, answers, level)
             if cached:
                 write_json_atomic(cached, result)
         status = {**summary, **result, "tta_level": level,
@@ -232,15 +245,17 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None) -> tu
         return network, status
     failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {status['why']}"
     if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
-        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level, answers, failed)
+        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level,
+                                keras_pass if answers is None else lambda: answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}
 
 
-def _float_made_here(model: keras.Model, folder: Path, level: int, answers, failed: str):
+def _float_made_here(model: keras.Model, folder: Path, level: int, keras_answers: Callable[[], np.ndarray],
+                     failed: str):
     """When the version's own OpenVINO model fails its check on this CPU: a float one made from
     the Keras model, checked like any other (made once, kept in the cache)."""
     if not (folder / FOLDER / "runtime.json").exists():
-        build(model, folder, level, answers, precisions=("float",))
+        build(model, folder, level, keras_answers(), precisions=("float",))
     network, status = load(folder, model, level)
     if network is None:
         return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}

@@ -3,6 +3,7 @@
 Also what the app needs before it serves: the registry seeded (shipped versions, or the Hub's
 newest at start), and a version's held-out metrics as the retrain's judge measured them.
 """
+import functools
 import json
 import logging
 from pathlib import Path
@@ -32,13 +33,16 @@ def load_predictor(version: Version, tta_level: int, cache_dir: Path | None = No
     """A registry version with its calibration (fitted now if it never was), served by its
     OpenVINO model when that passed its check (made now, into the cache, if it has none)."""
     predictor = Predictor.load(version.model_path, version=version.id, tta_level=tta_level)
-    predictor.calibrate(calibration.for_version(version, tta_level, cache_dir, predictor))
+    # Where the version's stored calibration and check are at another level (an AVX2-only CPU
+    # serves flip only), both need Keras' logits on the held-out images: one pass, shared.
+    keras_logits = functools.cache(lambda: runtime.keras_logits_on(predictor.model, data.holdout()[0], tta_level))
+    predictor.calibrate(calibration.for_version(version, tta_level, cache_dir, keras_logits))
     folder = version.path
     if not (folder / runtime.FOLDER).exists() and cache_dir:  # older versions: versions never change
         folder = Path(cache_dir) / f"runtime-{version.id}"
         if not (folder / runtime.FOLDER / "runtime.json").exists():
             runtime.build(predictor.model, folder, tta_level)
-    predictor.use_runtime(folder, cache_dir)
+    predictor.use_runtime(folder, cache_dir, keras_answers=lambda: keras_logits().argmax(1))
     return predictor
 
 

@@ -70,3 +70,25 @@ def test_a_version_saved_without_openvino_says_why_and_the_save_does_not_fail(mo
     assert version.metadata["runtime"]["why"] == "OpenVINO is not installed (pip install openvino nncf)"
     served = serving.load_predictor(version, 2)
     assert not isinstance(served.network, runtime.OpenVINONetwork)
+
+
+def test_a_version_served_at_another_level_costs_one_keras_pass_and_a_restart_none(monkeypatch, tmp_path):
+    """The shipped version's calibration and runtime check are stored at 6 views; served flip only
+    (an AVX2-only CPU's level), both are redone: from one Keras pass over the held-out images,
+    shared, and cached for the next start."""
+    seen = []
+    keras_network = net.keras_network
+
+    def counting(model):
+        run = keras_network(model)
+        return lambda x: seen.append(len(x)) or run(x)
+
+    monkeypatch.setattr(net, "keras_network", counting)
+    shipped = Registry(config.shipped_models_dir()).current()
+    assert shipped.calibration["tta_level"] == 2
+    predictor = serving.load_predictor(shipped, 1, tmp_path / "cache")
+    assert predictor.calibration["tta_level"] == 1 and predictor.runtime["tta_level"] == 1
+    assert sum(seen) == 2 * len(data.holdout()[1])            # the image and its mirror, once each
+    seen.clear()
+    again = serving.load_predictor(shipped, 1, tmp_path / "cache")
+    assert sum(seen) == 0 and again.calibration == predictor.calibration

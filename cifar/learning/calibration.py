@@ -62,20 +62,20 @@ def fit_on_holdout(predictor) -> dict:
     return fit(predictor.logits(x), y, predictor.tta_level, data.HOLDOUT_NAME)
 
 
-def for_version(version, tta_level: int, cache_dir=None, predictor=None) -> dict:
+def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -> dict:
     """A registry version's calibration at this TTA level: the one stored with it, else one
-    cached earlier, else (given its `predictor`) fitted now on the held-out images and cached.
-    Versions are immutable, so a late calibration goes to the cache, never into the version.
-    {} when there is none and no predictor to fit one with."""
+    cached earlier, else (given `held_out_logits`, a function giving its logits on the held-out
+    images at that level) fitted now and cached. Versions are immutable, so a late calibration
+    goes to the cache, never into the version. {} when there is none and nothing to fit one with."""
     stored = version.calibration
     if stored.get("tta_level") == tta_level:
         return stored
     cached = Path(cache_dir) / f"calibration-{version.id}-tta{tta_level}.json" if cache_dir else None
     if cached and cached.exists():
         return json.loads(cached.read_text())
-    if predictor is None:
+    if held_out_logits is None:
         return {}
-    fitted = fit_on_holdout(predictor)
+    fitted = fit(held_out_logits(), data.holdout()[1], tta_level, data.HOLDOUT_NAME)
     if cached:
         write_json_atomic(cached, fitted)
     return fitted
