@@ -119,7 +119,7 @@ def test_a_promotion_on_one_replica_is_served_by_every_replica_with_no_failed_re
     try:
         message = Client(cluster.replicas[0].url, verbose=False).predict(COPY, "", api_name="/rollback")[0]
         assert message == f"Version {COPY} is current now."
-        deadline = time.time() + 90  # the goal is 60 s; the deadline only stops a hang
+        deadline = time.time() + 300  # the goal is 60 s (loadtest/cluster.py measures it); this only stops a hang
         while {r.health()["version"] for r in cluster.replicas} != {COPY}:
             assert time.time() < deadline, [r.health() for r in cluster.replicas]
             time.sleep(0.5)

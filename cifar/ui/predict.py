@@ -55,7 +55,8 @@ def tab(service: Service) -> None:
     with gr.Tab("Predict"):
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image")
+                image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
+                                 elem_id="query-image")
                 classify = gr.Button("Classify", variant="primary")
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="Top classes")
