@@ -6,12 +6,16 @@ Each change is made in a throwaway git worktree of HEAD (this checkout is never 
 that should notice run there, and the change is undone before the next. A change no test catches
 is a hole in the suite.
 """
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cifar import config  # noqa: E402
 
 # (what breaks, file, the line as it is, the line broken, the tests to run)
 CHANGES = [
@@ -53,14 +57,19 @@ def main() -> int:
                     continue
                 file.write_text(text.replace(line, broken))
                 try:
-                    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                                         cwd=tree, capture_output=True, text=True, timeout=1800)
+                    # The worktree has no ../shared beside it: the tests read this checkout's data.
+                    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+                                          *tests], cwd=tree, capture_output=True, text=True, timeout=1800,
+                                         env={**os.environ, "CIFAR_DATA": str(config.dataset_dir())})
                 finally:
                     file.write_text(text)
                 caught = [row.split(" - ")[0].removeprefix("FAILED ") for row in run.stdout.splitlines()
                           if row.startswith("FAILED")]
+                errors = [row.split(" - ")[0].removeprefix("ERROR ") for row in run.stdout.splitlines()
+                          if row.startswith("ERROR")]  # could not run (no data, a broken fixture): no catch
                 holes += not caught
-                print(f"{name}: {'caught by ' + ', '.join(caught) if caught else 'NOT CAUGHT'}", flush=True)
+                print(f"{name}: {'caught by ' + ', '.join(caught) if caught else 'NOT CAUGHT'}"
+                      + (f" (errors, not catches: {', '.join(errors)})" if errors else ""), flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     return 1 if holes else 0
