@@ -87,7 +87,9 @@ def test_a_version_served_at_another_level_costs_one_keras_pass_and_a_restart_no
     shipped = Registry(config.shipped_models_dir()).current()
     assert shipped.calibration["tta_level"] == 2
     predictor = serving.load_predictor(shipped, 1, tmp_path / "cache")
-    assert predictor.calibration["tta_level"] == 1 and predictor.runtime["tta_level"] == 1
+    assert predictor.calibration["tta_level"] == 1
+    if runtime.available():  # where OpenVINO serves, its check is at that level too
+        assert predictor.runtime["runtime"] == "openvino" and predictor.runtime["tta_level"] == 1
     assert sum(seen) == 2 * len(data.holdout()[1])            # the image and its mirror, once each
     seen.clear()
     again = serving.load_predictor(shipped, 1, tmp_path / "cache")
