@@ -59,7 +59,6 @@ def dataset_files(server) -> dict:
     return server.repos[f"datasets/{DATASET}"].head()["files"]
 
 
-
 def test_stop_waits_for_the_push_under_way(hub, tmp_path):
     """A sync stopped during a push ends that push before stop() returns: nothing of it reaches a
     Hub later (an app shutting down; a test whose server the next test replaces)."""
@@ -69,6 +68,7 @@ def test_stop_waits_for_the_push_under_way(hub, tmp_path):
     assert hub.commit_received.wait(60)
     sync.stop()                       # ...when the sync is stopped
     assert registry.current().id in hub.repos[MODELS].tags
+
 
 def test_uploads_and_labels_reach_the_hub_once_and_an_empty_disk_gets_them_back(hub, tmp_path):
     registry, uploads, sync = app_state(tmp_path / "a")
