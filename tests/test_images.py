@@ -108,7 +108,7 @@ def bomb_png(width=30000, height=30000) -> bytes:
     (b"just some text, renamed to .jpg", images.NotAnImageError),
     (bomb_png(), images.ImageTooLargeError),
     (b"\x00" * (images.MAX_BYTES + 1), images.ImageTooLargeError),
-])
+], ids=["empty", "text", "decompression-bomb", "too-many-bytes"])  # short ids: the bytes are the default
 def test_bad_bytes_raise_typed_errors(data, error):
     with pytest.raises(error):
         images.to_array(data)
