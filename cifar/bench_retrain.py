@@ -19,11 +19,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import CLASSES, config, corruptions, data, evaluate, serving, train
+from . import CLASSES, config, corruptions, data, evaluate, serving
 from .learning.adapt import upload_probabilities
 from .learning.estimate import adapted_view, agreement, estimate_accuracy
 from .learning.pseudo_labels import pseudo_labels
 from .registry import Registry
+from .retrain_rules import RETRAIN
 from .service import Service, UserError
 
 # name -> (strength, what it does). Each strength is chosen to cost the shipped model 10 points
@@ -226,8 +227,8 @@ def _retrain_once(service, shifted_field: np.ndarray, y_field: np.ndarray, varia
     # The pseudo-labels the app's retrain will assign, recomputed here to score them.
     probabilities = upload_probabilities(service.registry.current().model_path, shifted_field,
                                          shipped.tta_level, shipped.temperature)
-    labels, confident = pseudo_labels(probabilities, train.RETRAIN["threshold"], train.RETRAIN["min_fraction"],
-                                      train.RETRAIN["min_recognised"])
+    labels, confident = pseudo_labels(probabilities, RETRAIN["threshold"], RETRAIN["min_fraction"],
+                                      RETRAIN["min_recognised"])
     folder = Path(os.environ["CIFAR_HOME"]) / "incoming"
     folder.mkdir()
     paths = []

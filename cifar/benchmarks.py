@@ -23,7 +23,8 @@ def print_progress(fraction: float, message: str) -> None:
 
 def cmd_bench_calibration(args) -> None:
     """ECE and top-1 of a version as the app serves it (its calibration, TTA) on a test split."""
-    from . import data, evaluate, model as net, serving
+    from . import data, evaluate, serving
+    from .logits import softmax
 
     version = Version.at(args.model)
     predictor = serving.load_predictor(version, args.tta)
@@ -39,8 +40,8 @@ def cmd_bench_calibration(args) -> None:
     for name, rows in ((f"all {len(x):,} test images", np.ones(len(x), bool)),
                        (f"the {int(unseen.sum()):,} not used to fit the temperature", unseen),
                        (f"the {int((~unseen).sum()):,} held-out images it was fitted on", ~unseen)):
-        raw = evaluate.reliability(net.softmax(logits[rows]), y[rows])
-        cal = evaluate.reliability(net.softmax(logits[rows], predictor.temperature), y[rows])
+        raw = evaluate.reliability(softmax(logits[rows]), y[rows])
+        cal = evaluate.reliability(softmax(logits[rows], predictor.temperature), y[rows])
         print(f"| {name} | {raw['top1']:.2%} | {cal['top1']:.2%} | {raw['ece']:.2%} | {cal['ece']:.2%} | "
               f"{raw['mean_confidence']:.1%} | {cal['mean_confidence']:.1%} |")
 
@@ -145,16 +146,17 @@ def cmd_bench_retrain_time(args) -> None:
 
 def cmd_bench_retrain(args) -> None:
     """Retrain on each shift's uploads and score before and after (cifar.bench_retrain)."""
-    from . import bench_retrain, config, data, predict, registry, train
+    from . import bench_retrain, config, data, predict, registry
+    from .retrain_rules import RETRAIN
 
     shifts = ([name for token in args.shifts.split(",") for name in bench_retrain.GROUPS.get(token, [token])]
               if args.shifts else [*bench_retrain.CLEAN, *bench_retrain.SHIFTS, *bench_retrain.JUNK])
     for setting in filter(None, (args.recipe or "").split(",")):  # e.g. epochs=8,lr_scale=0.2
         key, value = setting.split("=")
-        if key not in train.RETRAIN:
-            sys.exit(f"error: unknown recipe setting {key!r}; known: {', '.join(train.RETRAIN)}")
-        current = train.RETRAIN[key]
-        train.RETRAIN[key] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+        if key not in RETRAIN:
+            sys.exit(f"error: unknown recipe setting {key!r}; known: {', '.join(RETRAIN)}")
+        current = RETRAIN[key]
+        RETRAIN[key] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
     if args.calibrate:
         x, y = data.load(args.data, "test")
         subset = data.balanced_subset(y, args.eval_per_class or 100, seed=2)

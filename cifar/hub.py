@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, RepoFile, errors, hf_hub_download, snapshot_download
 from huggingface_hub.utils import disable_progress_bars
 
-from . import card, config, cpu, model as net, runtime
+from . import card, config, cpu, runtime
 from .registry import Registry, Version
 
 KERAS_FOLDER_FILES = ["config.json", "model.weights.h5"]  # inside every .keras file
@@ -156,6 +156,8 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
             if not (Path(folder) / "model.keras").exists():
                 raise HubError(f"{repo_id}@{revision} holds no model.keras.")
             if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():  # pushed before the runtime existed
+                from . import model as net  # Keras: only for such old versions
+
                 runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), cpu.tta_level())
             return registry.add_folder(Path(folder), version_id=revision)
     except HubError:

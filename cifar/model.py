@@ -207,14 +207,6 @@ def to_float32(model: keras.Model) -> keras.Model:
 
 # --- running a network ----------------------------------------------------------------------
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of `logits` divided by `temperature` (a version's calibration)."""
-    z = np.asarray(logits, np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def keras_network(model: keras.Model):
     """`model` as a plain function, float32 pixels (N, 32, 32, 3) -> logits (N, 10), through its
     compiled predict function on a batch padded to a power of two: one graph per size bucket

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import CLASSES
 from .learning import estimate
-from .train import RETRAIN
+from .retrain_rules import RETRAIN
 
 WINDOW = 2000          # predictions the field estimate is computed over
 SAMPLE = 1000          # the newest served images kept for the adapted copy's agreement

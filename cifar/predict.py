@@ -9,10 +9,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-import keras
 import numpy as np
 
-from . import images, model as net, runtime, tta
+from . import images, runtime, tta
+from .logits import softmax
 
 log = logging.getLogger("cifar")
 
@@ -22,21 +22,45 @@ class Predictor:
 
     `calibration` (a version's calibration.json) supplies the temperature that makes the
     probabilities honest, and the reference the accuracy estimate and the monitor use; without
-    one the probabilities are the network's raw softmax."""
+    one the probabilities are the network's raw softmax.
 
-    def __init__(self, model: keras.Model, version: str = "", tta_level: int = tta.LEVEL, batch_size: int = 256,
-                 calibration: dict | None = None, network=None, runtime: dict | None = None):
-        self.model, self.version, self.tta_level, self.batch_size = model, version, tta_level, batch_size
+    Made by `load`, the Keras model is read from disk on first use only: where a checked OpenVINO
+    model serves, nothing needs it until an upload is pseudo-labelled or estimated, so an app
+    serving the shipped version starts without TensorFlow (seconds and hundreds of MB it skips)."""
+
+    def __init__(self, model=None, version: str = "", tta_level: int = tta.LEVEL, batch_size: int = 256,
+                 calibration: dict | None = None, network=None, runtime: dict | None = None, model_path=None):
+        self.version, self.tta_level, self.batch_size = version, tta_level, batch_size
+        self._model, self._model_path, self._keras_run = model, model_path, None
+        self._model_lock = threading.Lock()
         self.calibration = calibration or {}
         self.temperature = float(self.calibration.get("temperature", 1.0))
         # What runs the network: a checked OpenVINO model, or Keras (and why, for Monitoring).
-        self.network = network or net.keras_network(model)
+        self.network = network or self._keras
         self.runtime = runtime or {"runtime": "keras", "why": "Keras model in memory"}
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path, version: str = "", **kwargs) -> "Predictor":
-        return cls(net.load(path), version, **kwargs)
+        return cls(version=version, model_path=path, **kwargs)
+
+    @property
+    def model(self):
+        """The Keras model (loaded now if it has not been)."""
+        with self._model_lock:
+            if self._model is None:
+                from . import model as net  # Keras, imported where it is first needed (see the class)
+
+                self._model = net.load(self._model_path)
+            return self._model
+
+    def _keras(self, x: np.ndarray) -> np.ndarray:
+        """The Keras model as the network (float32 pixels -> logits)."""
+        if self._keras_run is None:
+            from . import model as net
+
+            self._keras_run = net.keras_network(self.model)
+        return self._keras_run(x)
 
     def calibrate(self, calibration: dict) -> None:
         """Serve with `calibration`'s temperature (a version's calibration.json)."""
@@ -46,7 +70,7 @@ class Predictor:
         """Serve through the checked OpenVINO model in `folder` (cifar.runtime) if it passes;
         otherwise keep Keras, with the reason in `runtime` (and the log). `keras_answers`: see
         runtime.load."""
-        network, self.runtime = runtime.load(folder, self.model, self.tta_level, cache_dir, keras_answers)
+        network, self.runtime = runtime.load(folder, lambda: self.model, self.tta_level, cache_dir, keras_answers)
         if network is not None:
             self.network = network
         log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",
@@ -61,7 +85,7 @@ class Predictor:
 
     def predict_arrays(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
-        return net.softmax(self.logits(x, level), self.temperature)
+        return softmax(self.logits(x, level), self.temperature)
 
     def predict_images(self, sources) -> np.ndarray:
         """Probabilities for images of any kind `images.to_array` accepts."""

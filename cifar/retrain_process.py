@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from . import config, cpu, serving
-from .learning import retrain as learning_retrain
 from .registry import Registry
+from .retrain_rules import NothingToLearn
 from .uploads import UploadStore
 
 log = logging.getLogger("cifar")
@@ -39,7 +39,7 @@ def run(version_id: str, tta_level: int, params: dict, report) -> dict:
     the registry when the rule lets it).
 
     Raises:
-        learning_retrain.NothingToLearn: the uploads give it nothing to learn (the user's to fix).
+        NothingToLearn: the uploads give it nothing to learn (the user's to fix).
         RetrainFailed: anything else; the child's log has the details.
     """
     request = {"version": version_id, "tta_level": tta_level, "threshold": params["threshold"],
@@ -68,7 +68,7 @@ def run(version_id: str, tta_level: int, params: dict, report) -> dict:
     if "result" in outcome:
         return outcome["result"]
     if outcome.get("nothing_to_learn"):
-        raise learning_retrain.NothingToLearn(outcome["error"])
+        raise NothingToLearn(outcome["error"])
     raise RetrainFailed(outcome["error"])
 
 
@@ -94,6 +94,8 @@ def main() -> None:
     def send(message: dict) -> None:
         channel.write(json.dumps(message) + "\n")
 
+    from .learning import retrain as learning_retrain  # Keras: loaded in the retrain's process only
+
     try:
         registry, uploads = Registry(config.registry_dir()), UploadStore(config.uploads_dir())
         current = registry.get(request["version"])
@@ -102,7 +104,7 @@ def main() -> None:
         result, _ = learning_retrain.run(registry, uploads, predictor, before, request["threshold"],
                                          request["epochs"], lambda f, phase: send({"progress": f, "phase": phase}),
                                          started=request["started"])
-    except learning_retrain.NothingToLearn as exc:
+    except NothingToLearn as exc:
         send({"error": str(exc), "nothing_to_learn": True})
     except Exception as exc:  # the app shows one line; the traceback goes to the log
         log.exception("retrain failed")

@@ -9,7 +9,8 @@ its answers drift from Keras', the Keras model serves, and the log and Monitorin
 
 A version's folder holds `openvino/` (model.xml, model.bin, runtime.json). runtime.json keeps the
 check: how often the artifact gave Keras' answer, both accuracies, the CPU it ran on, the files'
-hashes, and Keras' answers themselves, so a later check needs no Keras pass.
+hashes, and Keras' answers themselves, so a later check needs no Keras pass (and serving then
+needs no Keras at all: it is imported only where a model is converted or run through Keras).
 """
 import hashlib
 import json
@@ -19,10 +20,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from . import config, cpu, data, model as net, tta
+from . import config, cpu, data, tta
 from .registry import write_json_atomic
 
 log = logging.getLogger("cifar")
@@ -85,8 +85,11 @@ class OpenVINONetwork:
 
 def export(model, folder: Path, precisions=PRECISIONS) -> dict:
     """OpenVINO models of a Keras `model` in `precisions` (float, int8), written in `folder`: {precision: xml}."""
+    import keras
     import nncf  # optional, like openvino (see `available`)
     import openvino
+
+    from . import model as net
 
     float_xml = folder / "float" / "model.xml"
     float_xml.parent.mkdir(parents=True)
@@ -157,12 +160,14 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
     return report
 
 
-def keras_logits_on(model: keras.Model, x: np.ndarray, tta_level: int) -> np.ndarray:
+def keras_logits_on(model, x: np.ndarray, tta_level: int) -> np.ndarray:
     """The Keras model's logits for each image of `x`, over the views of `tta_level`."""
+    from . import model as net
+
     return tta.logits(net.keras_network(model), x, tta_level)
 
 
-def keras_answers_on(model: keras.Model, x: np.ndarray, tta_level: int) -> np.ndarray:
+def keras_answers_on(model, x: np.ndarray, tta_level: int) -> np.ndarray:
     """The Keras model's top class for each image of `x`, over the views of `tta_level`."""
     return keras_logits_on(model, x, tta_level).argmax(1)
 
@@ -193,11 +198,12 @@ def describe(status: dict) -> str:
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
-def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
+def load(folder: Path, keras_model: Callable, tta_level: int, cache_dir=None,
          keras_answers: Callable[[], np.ndarray] | None = None) -> tuple[OpenVINONetwork | None, dict]:
     """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
-    `model`: the Keras model it was made from, served at `tta_level`. `keras_answers`: its Keras
-    answers on the held-out images at that level, from a pass the caller shares (else made here).
+    `keras_model()`: the Keras model it was made from, served at `tta_level` (called only when a
+    check must be rerun: a stored one needs no Keras). `keras_answers`: its Keras answers on the
+    held-out images at that level, from a pass the caller shares (else made here).
 
     The check stands without a rerun when the files are the ones checked on this CPU (their
     hashes, the CPU model and flags); otherwise the artifact serves the held-out images again
@@ -222,7 +228,7 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
     level = tta_level
 
     def keras_pass() -> np.ndarray:  # Keras' answers at this level: the caller's shared pass, else one here
-        return keras_answers() if keras_answers else keras_answers_on(model, data.holdout()[0], level)
+        return keras_answers() if keras_answers else keras_answers_on(keras_model(), data.holdout()[0], level)
 
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
     if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
@@ -245,18 +251,18 @@ def load(folder: Path, model: keras.Model, tta_level: int, cache_dir=None,
         return network, status
     failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {status['why']}"
     if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
-        return _float_made_here(model, Path(cache_dir) / f"runtime-float-{key}", level,
+        return _float_made_here(keras_model, Path(cache_dir) / f"runtime-float-{key}", level,
                                 keras_pass if answers is None else lambda: answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}
 
 
-def _float_made_here(model: keras.Model, folder: Path, level: int, keras_answers: Callable[[], np.ndarray],
+def _float_made_here(keras_model: Callable, folder: Path, level: int, keras_answers: Callable[[], np.ndarray],
                      failed: str):
     """When the version's own OpenVINO model fails its check on this CPU: a float one made from
     the Keras model, checked like any other (made once, kept in the cache)."""
     if not (folder / FOLDER / "runtime.json").exists():
-        build(model, folder, level, keras_answers(), precisions=("float",))
-    network, status = load(folder, model, level)
+        build(keras_model(), folder, level, keras_answers(), precisions=("float",))
+    network, status = load(folder, keras_model, level)
     if network is None:
         return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}
     return network, {**status, "replaced": failed}

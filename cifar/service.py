@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, config, cpu, images, retrain_claim, retrain_process, runtime, serving, train
+from . import CLASSES, config, cpu, images, retrain_claim, retrain_process, runtime, serving
 from .hub import HubError, push as hub_push
 from .jobs import Busy, JobRunner, JobStore, UnknownJob
-from .learning import calibration, estimate, retrain as learning_retrain, review
+from .learning import calibration, estimate, review
 from .monitor import ALERT_DROP, Monitor, alert_message, measure_agreement
 from .predict import MicroBatcher, Predictor
 from .registry import Registry, RegistryError, Version, new_version_id, write_json_atomic
+from .retrain_rules import RETRAIN, NothingToLearn
 from .state_sync import StateSync
 from .uploads import NOT_A_CLASS, UnknownUpload, UploadReport, UploadStore
 
@@ -265,7 +266,7 @@ class Service:
         return self._one_retrain(lambda params: self.retrains.run(params, report), threshold, epochs)
 
     def _one_retrain(self, start, threshold: float | None, epochs: int | None):
-        params = {"threshold": train.RETRAIN["threshold"] if threshold is None else float(threshold),
+        params = {"threshold": RETRAIN["threshold"] if threshold is None else float(threshold),
                   "epochs": None if epochs is None else int(epochs)}
         try:
             if self.retrains.running:
@@ -320,12 +321,14 @@ class Service:
                 result = retrain_process.run(serving_now.version, serving_now.tta_level, params, report)
                 candidate = self._load(result["version"]) if result["promoted"] else None
             else:
+                from .learning import retrain as learning_retrain  # Keras: only where a retrain runs
+
                 current = self.registry.get(serving_now.version)
                 result, candidate = learning_retrain.run(
                     self.registry, self.uploads, serving_now,
                     serving.holdout_metrics(current, serving_now, config.cache_dir()),
                     params["threshold"], params["epochs"], report)
-        except learning_retrain.NothingToLearn as exc:
+        except NothingToLearn as exc:
             raise UserError(str(exc)) from None
         result["uploads_revision"] = params.get("uploads_revision")  # the Hub's uploads it learned from
         write_json_atomic(config.cache_dir() / f"holdout-{result['version']}.json", result["after"])

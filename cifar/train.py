@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import CLASSES, cpu, model as net
+from .retrain_rules import RETRAIN
 
 
 def set_precision() -> str:
@@ -249,22 +250,6 @@ def train_from_scratch(x: np.ndarray, y: np.ndarray, epochs: int | None = None, 
 
 # --- retraining on uploads ----------------------------------------------------------------
 
-RETRAIN = {
-    "threshold": 0.98,    # calibrated: labels 98% sure; keeps ~60% of clean images (raw 0.75 kept the same ones)
-    "min_fraction": 0.5,  # on shifted images few clear the threshold: still take each class's surest half
-    "adapt_min": 200,     # pseudo-label with BatchNorm statistics of the uploads from this many on
-    "min_recognised": 0.1,  # below this share of confident labels, unlabeled uploads are junk to the model
-    "epochs": 4,          # a few passes: enough to adapt, too few to forget
-    "replay": 3000,       # original training images mixed in (3x a full 1,000-image upload)
-    "upload_repeats": 1,  # copies of each kept upload in an epoch's training set
-    "review_repeats": 1,  # copies of each upload labeled in the Review tab (bench-retrain --review)
-    "bias_scaler": 1.0,   # BatchNorm biases at the plain lr: 64x (from scratch) moved clean accuracy most
-    "batch_size": 256,    # smaller than from scratch: more steps on few images
-    "lr_scale": 0.05,     # a twentieth of the from-scratch lr: 0.1 cost 1-2 clean points (bench-retrain)
-    "seconds": 160,       # a whole retrain should end within 3 minutes on any CPU (20 s kept for a noisy
-                          # machine): training gets what is left
-    "min_train_seconds": 20,  # ...but never less than this
-}
 
 
 def finetune(model_path, x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = 0,

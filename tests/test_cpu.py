@@ -59,9 +59,9 @@ def test_float32_serving_of_the_bf16_shipped_model_gives_the_same_answers(monkey
     x, _ = data.holdout()
     x = x[::4]  # 500 images
     monkeypatch.setenv("CIFAR_PRECISION", "mixed_bfloat16")
-    as_saved = predict.Predictor.load(shipped.model_path, tta_level=0)
+    as_saved = predict.Predictor(net.load(shipped.model_path), tta_level=0)
     monkeypatch.setenv("CIFAR_PRECISION", "float32")
-    as_float32 = predict.Predictor.load(shipped.model_path, tta_level=0)
+    as_float32 = predict.Predictor(net.load(shipped.model_path), tta_level=0)
     assert as_saved.model.get_layer("whiten").compute_dtype == "bfloat16"
     assert {layer.compute_dtype for layer in as_float32.model.layers} == {"float32"}
     a, b = as_saved.logits(x), as_float32.logits(x)

@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 
-from cifar import bench_retrain, config, data, evaluate, model as net, predict, serving, train
+from cifar import bench_retrain, config, data, evaluate, predict, serving, train
 from cifar.learning import calibration, estimate
+from cifar.logits import softmax
 from cifar.monitor import AGREEMENT_EVERY_S, Monitor
 from cifar.registry import Registry
+from cifar.retrain_rules import RETRAIN
 
 
 def test_ece_of_known_cases():
@@ -34,7 +36,7 @@ def test_ece_by_hand_on_ten_predictions_in_two_bins():
 def test_temperature_undoes_a_known_scaling():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 3, (4000, 10))
-    labels = np.array([rng.choice(10, p=row) for row in net.softmax(true_logits)])
+    labels = np.array([rng.choice(10, p=row) for row in softmax(true_logits)])
     fitted = calibration.fit_temperature(true_logits / 4.0, labels)   # logits shrunk 4x, as label smoothing does
     assert fitted == pytest.approx(0.25, rel=0.1)
 
@@ -50,10 +52,10 @@ def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(tes
     fitted = calibration.fit(model.logits(held_x[:1000]), held_y[:1000], 1, "first 1,000 held-out images")
     unseen = np.setdiff1d(np.arange(len(y)), picks)[::3]          # ~3,300 images of every class
     logits = model.logits(x[unseen])
-    before = evaluate.ece(net.softmax(logits), y[unseen])
-    after = evaluate.ece(net.softmax(logits, fitted["temperature"]), y[unseen])
+    before = evaluate.ece(softmax(logits), y[unseen])
+    after = evaluate.ece(softmax(logits, fitted["temperature"]), y[unseen])
     assert fitted["temperature"] > 1 and after < before - 0.05, (before, after, fitted["temperature"])
-    assert (net.softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
+    assert (softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +70,8 @@ def test_the_shipped_temperature_is_the_fit_on_the_held_out_images_and_calibrate
     logits = shipped.logits(x)
     # Fitted on these images (on Keras' logits; the served runtime's differ a little: 0.506 vs 0.520 on int8)
     assert calibration.fit_temperature(logits, y) == pytest.approx(shipped.temperature, rel=0.05)
-    calibrated = net.softmax(logits, shipped.temperature)
-    assert evaluate.ece(net.softmax(logits), y) > 0.15      # raw: far less sure than right (label smoothing)
+    calibrated = softmax(logits, shipped.temperature)
+    assert evaluate.ece(softmax(logits), y) > 0.15      # raw: far less sure than right (label smoothing)
     assert evaluate.ece(calibrated, y) < 0.03               # calibrated: within 3 points in every bin on average
     assert (calibrated.argmax(1) == logits.argmax(1)).all()             # accuracy untouched
 
@@ -176,14 +178,13 @@ def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images
 def test_the_training_budget_leaves_room_for_the_work_after_training():
     """The retrain prices what follows training at this machine's measured Keras speed: a fast
     CPU keeps most of the 3 minutes for training, a slow one less, never under the minimum."""
-    from cifar import train
     from cifar.learning import retrain
 
     fast = retrain.training_budget(12, 1 / 1000, 1 / 700, uploads=1000, views=6, train_images=4000)   # AMX-like
     slow = retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6, train_images=4000)    # AVX-512 f32
     slowest = retrain.training_budget(60, 1 / 150, 1 / 100, uploads=1000, views=6, train_images=4000)
-    assert fast > slow > slowest == train.RETRAIN["min_train_seconds"]
-    assert 12 + fast + 30 < train.RETRAIN["seconds"]  # the judging, check and estimates still fit
+    assert fast > slow > slowest == RETRAIN["min_train_seconds"]
+    assert 12 + fast + 30 < RETRAIN["seconds"]  # the judging, check and estimates still fit
     # The refreshes cost what they pass: fewer uploads, less to refresh, more time left to train.
     assert retrain.training_budget(30, 1 / 400, 1 / 300, uploads=1000, views=6, train_images=3500) == slow
     assert retrain.training_budget(30, 1 / 400, 1 / 300, uploads=300, views=6, train_images=3300) > slow

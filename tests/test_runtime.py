@@ -46,7 +46,7 @@ def test_the_first_precision_that_passes_is_kept_and_served_as_checked(tiny_mode
     monkeypatch.setattr(runtime, "MAX_ACCURACY_DROP", 1.0)
     report = runtime.build(tiny_model, tmp_path, tta_level=1)
     assert list(report["tried"]) == ["int8"] and report["precision"] == "int8" and report["passed"]
-    network, status = runtime.load(tmp_path, tiny_model, 1)
+    network, status = runtime.load(tmp_path, lambda: tiny_model, 1)
     assert isinstance(network, runtime.OpenVINONetwork) and status["precision"] == "int8"
     x, y = data.holdout()
     served = predict.Predictor(tiny_model, tta_level=1, network=network).logits(x).argmax(1)
@@ -61,7 +61,7 @@ def test_when_no_precision_passes_keras_serves_and_says_why(tiny_model, tmp_path
     report = runtime.build(tiny_model, tmp_path, tta_level=1)
     assert not report["passed"] and set(report["tried"]) == {"int8", "float"}
     assert not (tmp_path / runtime.FOLDER / "model.bin").exists()
-    network, status = runtime.load(tmp_path, tiny_model, 1)
+    network, status = runtime.load(tmp_path, lambda: tiny_model, 1)
     assert network is None and "same answers as Keras (needs 101.0%)" in runtime.describe(status)
 
 
@@ -151,10 +151,10 @@ def test_a_broken_artifact_is_caught_and_replaced_with_the_reason_shown(tmp_path
     assert len(cached) == 1 and not json.loads(cached[0].read_text())["passed"]
 
     served = service.predictor
-    network, status = runtime.load(reg.current().path, served.model, served.tta_level)  # nowhere to make a float model
+    network, status = runtime.load(reg.current().path, lambda: served.model, served.tta_level)  # nowhere to make a float model
     assert network is None and status["runtime"] == "keras" and "failed its check" in status["why"]
     weights.unlink()  # a missing file: loads nothing, Keras serves
-    network, status = runtime.load(reg.current().path, served.model, served.tta_level, config.cache_dir())
+    network, status = runtime.load(reg.current().path, lambda: served.model, served.tta_level, config.cache_dir())
     assert network is None and "could not be loaded" in status["why"]
 
 

@@ -1,10 +1,14 @@
 """What serves, in the app's own process: without OpenVINO, without batching, after a failed Hub pull
-at start; and the words the Predict tab puts under an unsure answer."""
+at start, without TensorFlow where a checked OpenVINO model serves; and the words the Predict tab
+puts under an unsure answer."""
 import logging
 import sys
+from pathlib import Path
 
 import huggingface_hub.constants as hub_constants
 import numpy as np
+from conftest import AppProcess
+from gradio_client import Client, handle_file
 from hub_server import HubServer
 
 from cifar import CLASSES, config, data, model as net, runtime, serving, versions
@@ -26,6 +30,23 @@ def test_without_openvino_and_without_batching_keras_serves_right_answers_and_sa
     x, y = data.holdout()
     answers = [max(service.predict(x[i]).items(), key=lambda kv: kv[1])[0] for i in range(0, 2000, 40)]
     assert np.mean([a == CLASSES[y[i]] for a, i in zip(answers, range(0, 2000, 40))]) > 0.85
+
+
+def test_an_app_served_by_its_checked_openvino_model_never_loads_tensorflow(tmp_path):
+    """The shipped version's own OpenVINO model, checked at 6 views on the CPU it was made on, needs no
+    Keras to serve: the app starts and answers with no TensorFlow in its memory. Where that model
+    does not serve (its check fails on this CPU, so a float one is made from Keras; or Keras
+    serves), Keras had to be loaded, and it is."""
+    app = AppProcess(tmp_path / "home", env={"CIFAR_TTA": "2"})
+    try:
+        client = Client(app.url, verbose=False)
+        label, _ = client.predict(handle_file("assets/examples/cat.png"), api_name="/predict")
+        served = client.predict(api_name="/monitoring")["runtime"]
+        tensorflow_mapped = "libtensorflow" in Path(f"/proc/{app.proc.pid}/maps").read_text()
+        assert label["label"] == "cat"
+        assert tensorflow_mapped != (served.startswith("OpenVINO") and "failed its check" not in served), served
+    finally:
+        app.stop()
 
 
 def test_a_failed_hub_pull_at_start_serves_the_shipped_model_and_says_why(monkeypatch, caplog, tmp_path):

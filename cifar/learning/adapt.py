@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import model as net
 from ..predict import Predictor
-from ..train import RETRAIN, refresh_batchnorm
+from ..retrain_rules import RETRAIN
+from ..train import refresh_batchnorm
 
 
 def adapted_copy(model, x: np.ndarray):

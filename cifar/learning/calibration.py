@@ -13,7 +13,7 @@ from scipy.optimize import minimize_scalar
 
 from .. import data
 from ..evaluate import ECE_BINS, reliability
-from ..model import softmax
+from ..logits import softmax
 from ..registry import write_json_atomic
 from . import estimate
 

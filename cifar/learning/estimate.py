@@ -26,7 +26,7 @@ except saturate 3 (held out; ATC 87.8%, true 86.6%), so the choice on the 15 is 
 """
 import numpy as np
 
-from .adapt import adapted_copy, upload_probabilities
+from ..retrain_rules import RETRAIN
 
 FAMILIAR = 0.05  # ATC this close to the held-out reference: images like the training ones (the alert's margin too)
 
@@ -77,6 +77,8 @@ def adapted_view(model, x: np.ndarray, temperature: float, adapted=None) -> np.n
     path) whose BatchNorm statistics are re-estimated on `x` (`adapted`: that copy, if the caller
     has made it); None under 200 images, too few to re-estimate them. One view a image (no
     test-time augmentation): 6x cheaper, as accurate here."""
+    from .adapt import adapted_copy, upload_probabilities  # Keras: loaded by the first estimate that needs it
+
     adapted = adapted if adapted is not None else adapted_copy(model, x)
     if adapted is None:
         return None
@@ -91,7 +93,7 @@ def estimate_served(predictor, probabilities: np.ndarray, x: np.ndarray | None =
         return None
     threshold, reference = predictor.calibration["atc_threshold"], predictor.calibration.get("reference_accuracy")
     atc = estimate_from_scores(score(probabilities), threshold)
-    if x is None or looks_familiar(atc, reference):
-        return atc  # no adapted copy needed (nor made)
+    if x is None or looks_familiar(atc, reference) or (adapted is None and len(x) < RETRAIN["adapt_min"]):
+        return atc  # no adapted copy needed, or too few images for one (nor the Keras model loaded)
     copy = adapted_view(predictor.model, x, predictor.temperature, adapted)
     return atc if copy is None else agreement(probabilities, copy)

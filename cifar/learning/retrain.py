@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASSES, data, evaluate, runtime, train, tta, versions
-from ..model import softmax
+from ..logits import softmax
 from ..predict import Predictor
+from ..retrain_rules import PROMOTION_TOLERANCE, RETRAIN, NothingToLearn
 from . import calibration
 from .adapt import adapted_copy, upload_probabilities
 from .estimate import estimate_served
@@ -20,15 +21,8 @@ from .pseudo_labels import pseudo_labels
 
 log = logging.getLogger("cifar")
 
-PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images
 MEASURE_MIN_UPLOADS = 200   # unlabeled uploads enough to time this machine's Keras by
 SLOW_SECONDS_PER_VIEW = 1 / 150  # else priced as an AVX2-only EPYC (Keras float32, 6 views at batch 32)
-PROMOTION_RULE = (f"The new version becomes current only if it scores no more than {PROMOTION_TOLERANCE * 100:g} "
-                  "point below the current one on 2,000 held-out test images.")
-
-
-class NothingToLearn(ValueError):
-    """The uploads give the retrain nothing to train on; the message says why and what to do."""
 
 
 def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
@@ -60,7 +54,7 @@ def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh
     refresh_images = train.refresh_images(train_images) + train.refresh_images(uploads)  # new version's; adapted copy's
     after_training = (seconds_per_view * (keras_views + RUNTIME_VIEW_COST * runtime_views)
                       + seconds_per_refresh_image * refresh_images + FIXED_SECONDS)
-    return max(train.RETRAIN["min_train_seconds"], train.RETRAIN["seconds"] - elapsed - after_training)
+    return max(RETRAIN["min_train_seconds"], RETRAIN["seconds"] - elapsed - after_training)
 
 
 def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predictor, threshold: float,
@@ -85,8 +79,8 @@ def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predicto
                         if measured else SLOW_SECONDS_PER_VIEW)
     seconds_per_refresh_image = ((refreshed - mark) / train.refresh_images(len(x_up))
                                  if measured else 1.5 * SLOW_SECONDS_PER_VIEW)
-    guessed, confident = pseudo_labels(probabilities, threshold, train.RETRAIN["min_fraction"],
-                                       train.RETRAIN["min_recognised"])
+    guessed, confident = pseudo_labels(probabilities, threshold, RETRAIN["min_fraction"],
+                                       RETRAIN["min_recognised"])
     labels = y_up.copy()
     labels[np.flatnonzero(unlabeled)] = guessed
     keep = ~unlabeled
@@ -96,7 +90,7 @@ def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predicto
         raise NothingToLearn(
             f"Not retrained, nothing changed: the current model recognises only {recognised:.1%} of the "
             f"{int(unlabeled.sum()):,} unlabeled uploads with {threshold:.0%} confidence or more (a retrain "
-            f"needs {train.RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
+            f"needs {RETRAIN['min_recognised']:.0%}), so they do not look like pictures of its ten "
             "classes. Upload labeled images (class-named folders or file names) or a lower threshold.")
     return {"labels": labels, "keep": keep, "unlabeled": unlabeled, "confident": confident,
             "adapted_parent": adapted_parent, "seconds": seconds, "seconds_per_view": seconds_per_view,
@@ -158,10 +152,10 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
     labels, keep, unlabeled, confident = (labelled[k] for k in ("labels", "keep", "unlabeled", "confident"))
     phases = {"starting": started - asked, "pseudo-labels": labelled["seconds"]}
     report(0.05, "loading original training images to mix in")
-    x_replay, y_replay = data.replay(train.RETRAIN["replay"], seed=int(started))
+    x_replay, y_replay = data.replay(RETRAIN["replay"], seed=int(started))
     reviewed = np.array([r["source"] == "review" for r in records], bool)
-    repeats = train.RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
-    extra = train.RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
+    repeats = RETRAIN["upload_repeats"]  # uploads seen this many times an epoch
+    extra = RETRAIN["review_repeats"] - 1  # a person's label: worth more than a guess
     x_train = np.concatenate([*[x_up[keep]] * repeats, *[x_up[reviewed]] * extra, x_replay])
     y_train = np.concatenate([*[labels[keep]] * repeats, *[labels[reviewed]] * extra, y_replay])
     budget = training_budget(time.time() - asked, labelled["seconds_per_view"], labelled["seconds_per_refresh_image"],

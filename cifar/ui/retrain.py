@@ -5,9 +5,9 @@ from typing import NamedTuple
 import fastapi
 import gradio as gr
 
-from .. import config, train
+from .. import config
 from ..jobs import ACTIVE
-from ..learning.retrain import PROMOTION_RULE
+from ..retrain_rules import PROMOTION_RULE, RETRAIN
 from ..service import Service, UserError
 from . import versions as versions_panel
 from .common import shown, versions_update
@@ -73,9 +73,9 @@ def tab(service: Service) -> Tab:
                     "original training images are mixed in so nothing is forgotten. "
                     f"{PROMOTION_RULE} Predictions keep being served meanwhile.")
         with gr.Row():
-            threshold = gr.Slider(0.5, 0.999, value=train.RETRAIN["threshold"], step=0.001,
+            threshold = gr.Slider(0.5, 0.999, value=RETRAIN["threshold"], step=0.001,
                                   label="Pseudo-label confidence threshold (calibrated probability of being right)")
-            epochs = gr.Slider(1, 10, value=train.RETRAIN["epochs"], step=1, label="Epochs")
+            epochs = gr.Slider(1, 10, value=RETRAIN["epochs"], step=1, label="Epochs")
             admin_key = gr.Textbox("", label="Admin key", type="password", visible=config.admin_key() is not None)
         button = gr.Button("Retrain on uploads", variant="primary")
         api_button = gr.Button(visible=False)
@@ -122,7 +122,7 @@ def wire(service: Service, view: Tab, metrics_picker: gr.Dropdown) -> tuple:
         return (result_text(job["result"], threshold), before_after_rows(job["result"]), *versions_update(service))
 
     @shown
-    def retrain_start(threshold: float = train.RETRAIN["threshold"], epochs: int = train.RETRAIN["epochs"],
+    def retrain_start(threshold: float = RETRAIN["threshold"], epochs: int = RETRAIN["epochs"],
                       admin_key: str = "") -> dict:
         """Start a retrain on every upload and answer at once with its job: {id, state, ...}. Follow
         it with /retrain_status.
