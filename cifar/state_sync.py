@@ -245,7 +245,9 @@ class StateSync:
             parent = hub.head(self.model_repo)
             on_hub = self._current_on_hub(parent) if parent else None
             if on_hub is not None and on_hub != self.state["current"] and on_hub != local:
-                self._adopt(on_hub, local)
+                # A conflict only where this app had recorded a current version and then made another
+                # one current; one that never recorded any (fresh, serving its seed) just follows.
+                self._adopt(on_hub, local, conflict=self.state["current"] is not None)
                 return
             record = {"version": local, "time": _now(), "writer": self.state["writer"]}
             try:  # main holds the current version's files and card, so hf://repo loads what serves

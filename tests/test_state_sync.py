@@ -159,6 +159,19 @@ def test_two_apps_promote_at_once_exactly_one_wins_and_the_other_follows_the_hub
     assert served_b == [on_hub] and "conflict" in sync_b.conflict and "20261201T000002Z-copy" in sync_b.conflict
 
 
+def test_a_replica_that_never_synced_follows_a_promotion_made_meanwhile_without_a_conflict(hub, tmp_path):
+    """A replica just started (serving its seed, nothing recorded yet) whose first look at the Hub
+    finds another's promotion takes it as a change made elsewhere: it made nothing current itself."""
+    registry_a, _, sync_a = app_state(tmp_path / "a", ("shipped", "1"))
+    registry_b, _, sync_b = app_state(tmp_path / "b")
+    sync_a.sync_once()
+    registry_a.promote("20261201T000001Z-copy")
+    sync_a.sync_once()
+    sync_b.sync_once()
+    assert registry_b.current().id == "20261201T000001Z-copy" and sync_b.conflict is None
+    assert registry_b.promotions()[-1][2] == "made current on another replica (followed from the Hub)"
+
+
 def test_replicas_follow_each_other_through_the_hub(hub, tmp_path, monkeypatch):
     """Two replicas on their own disks: a promotion, uploads and labels made on one reach the other
     at its next look at the Hub; what came from the Hub is never committed back as its own."""
