@@ -80,6 +80,7 @@ class StateSync:
         self.last_success: str | None = None
         self.last_error: str | None = None
         self.conflict: str | None = None
+        self._promotions_at_start: int | None = None  # the registry's promotions at the first round
         self.commits = 0
         self._wake = threading.Event()
         self._last_label = 0.0
@@ -215,6 +216,8 @@ class StateSync:
     def sync_once(self) -> float:
         """Push what is pending, as far as the spacing allows; returns seconds until it is worth
         looking again (something left that waits for the spacing or the label pause)."""
+        if self._promotions_at_start is None:
+            self._promotions_at_start = len(self.registry.promotions())
         self._push_versions()
         self._publish_current()
         wait = self._commit_uploads()
@@ -244,9 +247,12 @@ class StateSync:
         while local != self.state["current"]:
             parent = hub.head(self.model_repo)
             on_hub = self._current_on_hub(parent) if parent else None
-            if on_hub is not None and on_hub != self.state["current"] and on_hub != local:
-                # A conflict only where this app had recorded a current version and then made another
-                # one current; one that never recorded any (fresh, serving its seed) just follows.
+            if on_hub is not None and on_hub != self.state["current"] and on_hub != local and (
+                    self.state["current"] is not None or not self._promoted_here()):
+                # Changed elsewhere since this app last agreed with the Hub: a conflict where this app
+                # changed it too; one that never agreed (fresh, serving its seed) just follows. Not
+                # where a fresh app's own promotion came first (its first rounds failed): that one is
+                # the newest decision, published below.
                 self._adopt(on_hub, local, conflict=self.state["current"] is not None)
                 return
             record = {"version": local, "time": _now(), "writer": self.state["writer"]}
@@ -262,6 +268,11 @@ class StateSync:
             self._save()
             self._succeeded()
             local = self.registry.current().id
+
+    def _promoted_here(self) -> bool:
+        """Whether a version was made current on this disk since syncing began (a person's promotion
+        or rollback, a retrain's), rather than the one the app started with."""
+        return len(self.registry.promotions()) > (self._promotions_at_start or 0)
 
     def _adopt(self, on_hub: str, local: str, conflict: bool = True) -> None:
         """Serve `on_hub` (pulled if this disk lacks it), loaded and swapped in before the

@@ -1,5 +1,5 @@
-"""One request at a time: the app's time from start to first answer, and the p50 round trip of a
-prediction through gradio_client (upload + call + result).
+"""One request at a time: the app's time from start to first answer, the p50 round trip of a
+prediction through gradio_client (upload + call + result), and the app's memory (RSS) after them.
 
     python loadtest/latency.py --requests 50
 """
@@ -33,12 +33,13 @@ def main() -> None:
             t = time.perf_counter()
             client.predict(image, api_name="/predict")
             timings.append(time.perf_counter() - t)
+        memory = app.rss_mb()
     finally:
         app.stop()
     timings.sort()
     print(f"start to first answer {first_answer:.1f} s (server ready after {app.ready_seconds:.1f} s); "
           f"gradio_client predict round trip over {args.requests} requests: p50 {1000 * statistics.median(timings):.0f} ms, "
-          f"p95 {1000 * timings[int(0.95 * (len(timings) - 1))]:.0f} ms")
+          f"p95 {1000 * timings[int(0.95 * (len(timings) - 1))]:.0f} ms; app memory (RSS) {memory:.0f} MB")
 
 
 if __name__ == "__main__":

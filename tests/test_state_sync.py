@@ -172,6 +172,26 @@ def test_a_replica_that_never_synced_follows_a_promotion_made_meanwhile_without_
     assert registry_b.promotions()[-1][2] == "made current on another replica (followed from the Hub)"
 
 
+def test_a_promotion_made_before_a_replicas_first_successful_sync_is_published_not_lost(hub, tmp_path, monkeypatch):
+    """A replica whose first round failed (the Hub busy) and on which a person then made a version
+    current: that choice is newer than the record the other replica published meanwhile, so it is
+    published and followed, not overwritten by the Hub's."""
+    monkeypatch.setenv("CIFAR_FOLLOW_S", "0")
+    registry_a, _, sync_a = app_state(tmp_path / "a")
+    registry_b, _, sync_b = app_state(tmp_path / "b", ("shipped", "1"))
+    hub.outage = (503, 1)
+    with pytest.raises(cifar_hub.HubError, match="HTTP 503"):
+        sync_b.sync_once()
+    hub.outage = None
+    sync_a.sync_once()                                  # A records the shipped version as current
+    registry_b.promote("20261201T000001Z-copy")          # a person on B, before B ever agreed with the Hub
+    sync_b.sync_once()
+    sync_a.sync_once()
+    on_hub = json.loads(hub.repos[MODELS].head()["files"][cifar_hub.CURRENT_FILE][0])["version"]
+    assert on_hub == registry_b.current().id == registry_a.current().id == "20261201T000001Z-copy"
+    assert sync_b.conflict is None and sync_a.conflict is None
+
+
 def test_replicas_follow_each_other_through_the_hub(hub, tmp_path, monkeypatch):
     """Two replicas on their own disks: a promotion, uploads and labels made on one reach the other
     at its next look at the Hub; what came from the Hub is never committed back as its own."""
