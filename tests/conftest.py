@@ -21,7 +21,6 @@ from run import App  # noqa: E402  (one way to start the app, shared with the lo
 
 from cifar import config  # noqa: E402
 
-
 # The longest modules first (seconds each took alone on the AMX machine, 2026-12-02: 102, 70, 69, 58,
 # 56, 56, 53, 44, 39, 38): with two workers taking whole files, the run then ends on short files
 # instead of one worker idling while the other finishes a long one picked up late.
