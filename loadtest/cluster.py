@@ -55,7 +55,8 @@ def failures(prefix: Path) -> tuple[int, int, list[str]]:
 
 
 class CpuShares:
-    """Each process's share of a core (percent) while the load runs: replicas, HAProxy, Locust."""
+    """Each process's share of a core (percent) while the load runs: replicas, HAProxy, Locust; and
+    each replica's memory (RSS) at the end."""
 
     def __init__(self, cluster: Cluster, every: float = 2.0):
         self.cluster, self.samples, self._stop = cluster, collections.defaultdict(list), threading.Event()
@@ -87,9 +88,11 @@ class CpuShares:
     def stop(self) -> str:
         self._stop.set()
         self._thread.join()
+        memory = ", ".join(f"{r.name} {psutil.Process(r.proc.pid).memory_info().rss / 2**20:.0f} MB"
+                           for r in self.cluster.replicas if r.proc.poll() is None)
         steady = {name: values[2:-1] or values for name, values in self.samples.items()}  # not the ramp-up
         shares = ", ".join(f"{name} {sum(values) / len(values):.0f}%" for name, values in steady.items() if values)
-        return f"{shares} (of {100 * os.cpu_count()}%)"
+        return f"{shares} (of {100 * os.cpu_count()}%); memory: {memory}"
 
 
 def load(args, cluster: Cluster, url: str, label: str) -> dict:
