@@ -58,8 +58,12 @@ def fit(logits: np.ndarray, labels: np.ndarray, tta_level: int, fitted_on: str) 
 
 def fit_on_holdout(predictor) -> dict:
     """Calibration of `predictor`'s model on the shipped held-out images."""
-    x, y = data.holdout()
-    return fit(predictor.logits(x), y, predictor.tta_level, data.HOLDOUT_NAME)
+    return fit_held_out_logits(predictor.logits(data.holdout()[0]), predictor.tta_level)
+
+
+def fit_held_out_logits(logits, tta_level: int) -> dict:
+    """Calibration from a model's `logits` on the shipped held-out images at `tta_level`."""
+    return fit(logits, data.holdout()[1], tta_level, data.HOLDOUT_NAME)
 
 
 def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -> dict:
@@ -75,7 +79,7 @@ def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -
         return json.loads(cached.read_text())
     if held_out_logits is None:
         return {}
-    fitted = fit(held_out_logits(), data.holdout()[1], tta_level, data.HOLDOUT_NAME)
+    fitted = fit_held_out_logits(held_out_logits(), tta_level)
     if cached:
         write_json_atomic(cached, fitted)
     return fitted
