@@ -1,4 +1,4 @@
-"""Command line: python -m cifar COMMAND (get-data, train, evaluate, calibrate, convert, versions,
+"""Command line: python -m cifar COMMAND (get-data, train, evaluate, calibrate, convert, record-checks, versions,
 promote, rollback, push, pull, serve-cluster, and the bench-* commands of cifar.benchmarks).
 
 Each command imports the heavy modules (TensorFlow, OpenVINO, the Hub client) when it runs, for
@@ -114,6 +114,35 @@ def cmd_convert(args) -> None:
     print(f"{version.id}: {runtime.describe(report)}")
     for precision, result in report.get("tried", {}).items():
         print(f"  {precision}: {result['why']}")
+
+
+def cmd_record_checks(args) -> None:
+    """For a maintainer shipping a version: check its OpenVINO models on this CPU at every test-time
+    level and record the results in it (with what those levels need: Keras' answers, calibrations,
+    and the float model beside an int8 one), so an app on this kind of CPU starts without a check
+    or TensorFlow. Run it once on each kind of CPU the version will serve on."""
+    import functools
+
+    from . import data, model as net, registry, runtime, tta
+    from .learning import calibration
+
+    version = Version.at(args.model)
+    x, y = data.holdout()
+    model = functools.cache(lambda: net.load(version.model_path))
+    logits = functools.cache(lambda: runtime.keras_logits_on(model(), x, max(tta.LEVELS)))  # one pass, every level
+    if runtime.add_fallback(model, version.path):
+        print(f"{version.id}: kept the float model beside the int8 one in {runtime.FALLBACK}/")
+    fitted = version.calibration
+    missing = [level for level in tta.LEVELS if level != fitted.get("tta_level") and str(level) not in fitted.get("by_level", {})]
+    if fitted and missing:
+        fitted["by_level"] = {**fitted.get("by_level", {}), **{
+            str(level): calibration.fit(logits()[level], y, level, data.HOLDOUT_NAME) for level in missing}}
+        registry.write_json_atomic(version.path / calibration.CALIBRATION_FILE, fitted)
+        print(f"{version.id}: calibrated at levels {', '.join(map(str, missing))} too")
+    for sub, results in runtime.record_checks(version.path, logits).items():
+        for level, result in results.items():
+            print(f"  {sub} at {tta.NAMES[level]}: {'passed' if result['passed'] else 'failed'}: {result['why']}")
+    print(f"recorded for {runtime.check_label(0).rsplit(' | ', 1)[0]}")
 
 
 def _registry(args):
@@ -234,6 +263,9 @@ def main(argv=None) -> None:
     p.add_argument("--tta", type=int, default=None, help=TTA_HELP)
     p.add_argument("--force", action="store_true")
     p.set_defaults(run=cmd_convert)
+    p = commands.add_parser("record-checks", help="check a version's OpenVINO models on this CPU and record it in the version")
+    p.add_argument("--model", required=True, help="a version folder")
+    p.set_defaults(run=cmd_record_checks)
     p = commands.add_parser("calibrate", help="fit and store the calibration of a version that has none")
     p.add_argument("--model", required=True, help="a version folder")
     p.add_argument("--tta", type=int, default=None, help=TTA_HELP)

@@ -22,6 +22,7 @@ imports nothing of the package).
 | CIFAR_FOLLOW_S      | 20                 | how often the app looks at the Hub for another replica's current version, uploads, labels |
 | CIFAR_REPLICA       | (host name)        | this replica's name, shown to the others while it retrains |
 | CIFAR_CLAIM_TTL_S   | 600                | a retrain claim not renewed for this long is expired (its replica died) |
+| CIFAR_RETRAIN_S     | 160                | seconds a whole retrain aims to end within; its training gets what the rest leaves |
 | HF_TOKEN            | (saved login)      | Hub token; never logged or shown                         |
 """
 import os
@@ -121,6 +122,12 @@ def replica_name() -> str:
 def claim_ttl_seconds() -> float:
     """CIFAR_CLAIM_TTL_S: a retrain claim lives this long unless its replica renews it."""
     return float(os.environ.get("CIFAR_CLAIM_TTL_S") or 600)
+
+
+def retrain_seconds(default: float) -> float:
+    """CIFAR_RETRAIN_S: the time a whole retrain aims to end within (`default`: the retrain's own
+    setting). A slow CPU trains fewer steps within it; more time buys them back."""
+    return float(os.environ.get("CIFAR_RETRAIN_S") or default)
 
 
 def start_from_hub() -> bool:

@@ -21,7 +21,8 @@ from .registry import Registry, Version
 
 KERAS_FOLDER_FILES = ["config.json", "model.weights.h5"]  # inside every .keras file
 PUSHED_FILES = ["model.keras", "metrics.json", "metadata.json", "history.json", "calibration.json", "README.md",
-                "confusion.png", "history.png", *(f"{runtime.FOLDER}/{name}" for name in runtime.FILES)]
+                "confusion.png", "history.png",
+                *(f"{folder}/{name}" for folder in (runtime.FOLDER, runtime.FALLBACK) for name in runtime.FILES)]
 
 
 CURRENT_FILE = "current.json"  # in the model repository: which version serves
@@ -92,7 +93,7 @@ def stage(version: Version, repo_id: str, folder: Path, current_since: str | Non
     model.weights.h5, unzipped from model.keras), which `keras.saving.load_model("hf://owner/repo")` reads."""
     for name in PUSHED_FILES:
         if (version.path / name).exists():
-            (folder / name).parent.mkdir(exist_ok=True)
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(version.path / name, folder / name)
     (folder / "README.md").write_text(card.model_card(version.id, version.metadata, version.metrics,
                                                       version.calibration or None, repo=repo_id,

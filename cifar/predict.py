@@ -83,6 +83,13 @@ class Predictor:
                 return self.network(batch)
         return tta.logits(locked, x, self.tta_level if level is None else level, self.batch_size)
 
+    def logits_by_level(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        """`logits` at the predictor's level and every level below it, from one pass (tta.logits_by_level)."""
+        def locked(batch):
+            with self._lock:
+                return self.network(batch)
+        return tta.logits_by_level(locked, x, self.tta_level, self.batch_size)
+
     def predict_arrays(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""
         return softmax(self.logits(x, level), self.temperature)

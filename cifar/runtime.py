@@ -9,8 +9,13 @@ its answers drift from Keras', the Keras model serves, and the log and Monitorin
 
 A version's folder holds `openvino/` (model.xml, model.bin, runtime.json). runtime.json keeps the
 check: how often the artifact gave Keras' answer, both accuracies, the CPU it ran on, the files'
-hashes, and Keras' answers themselves, so a later check needs no Keras pass (and serving then
-needs no Keras at all: it is imported only where a model is converted or run through Keras).
+hashes, and Keras' answers themselves at every test-time level up to the one checked, so a later
+check needs no Keras pass (and serving then needs no Keras at all: it is imported only where a
+model is converted or run through Keras). Checks run on other CPUs can be recorded beside it
+(`checks`, by `record_checks`), so an app on such a CPU starts without running one. Beside an int8
+model, `openvino/float/` keeps the float model it was quantized from (weights in float16 on
+disk): where int8 fails its check on another CPU (its kernels differ between CPUs), that one is
+checked and serves, with no Keras to convert it there.
 """
 import hashlib
 import json
@@ -28,6 +33,7 @@ from .registry import write_json_atomic
 log = logging.getLogger("cifar")
 
 FOLDER = "openvino"
+FALLBACK = f"{FOLDER}/float"   # the float model beside an int8 one
 FILES = ("model.xml", "model.bin", "runtime.json")
 MAX_ACCURACY_DROP = 0.003      # at most this much less accurate than Keras (and config.min_agreement())
 QUANTIZATION_IMAGES = 512      # training images NNCF measures the activation ranges on
@@ -125,31 +131,36 @@ def verdict(result: dict) -> dict:
     return {**result, "passed": passed, "why": why}
 
 
-def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray | None = None,
+def build(model, version_folder: Path, tta_level: int, keras_answers: dict[int, np.ndarray] | None = None,
           precisions=PRECISIONS) -> dict:
     """Convert `model` (Keras), check each of `precisions`, and keep the fastest that passes in
-    `version_folder`/openvino. `keras_answers`: Keras' on the held-out images at `tta_level` if
-    the caller has them (a retrain's judge does), else computed here. Returns runtime.json's content."""
+    `version_folder`/openvino (and, when that is int8, the float model in openvino/float, unchecked
+    until a CPU needs it). `keras_answers`: Keras' on the held-out images by test-time level, at
+    least at `tta_level`, if the caller has them (a retrain's judge does), else computed here.
+    Returns runtime.json's content."""
     version = available()
     if version is None:
         return unavailable()
     x, labels = data.holdout()
     if keras_answers is None:
-        keras_answers = keras_answers_on(model, x, tta_level)
+        keras_answers = {level: logits.argmax(1) for level, logits in keras_logits_on(model, x, tta_level).items()}
+    by_level = {str(level): _encode(answers) for level, answers in sorted(keras_answers.items())}
     report = {"runtime": "openvino", "openvino": version, "tta_level": tta_level, "checked_on": data.HOLDOUT_NAME,
-              "cpu": _cpu_key(), "keras_answers": "".join(map(str, keras_answers.tolist())), "tried": {}}
+              "cpu": _cpu_key(), "keras_answers": by_level[str(tta_level)], "keras_answers_by_level": by_level,
+              "tried": {}}
     target = Path(version_folder) / FOLDER
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         exported = export(model, Path(work), precisions)
         for precision in precisions:
             xml = exported[precision]
-            result = check(OpenVINONetwork(xml, precision), x, labels, keras_answers, tta_level)
+            result = check(OpenVINONetwork(xml, precision), x, labels, keras_answers[tta_level], tta_level)
             report["tried"][precision] = result
             if result["passed"]:
-                for suffix in (".xml", ".bin"):
-                    shutil.copy2(xml.with_suffix(suffix), target / f"model{suffix}")
+                _copy_model(xml, target)
                 report.update(result, precision=precision, sha256=_hashes(target))
+                if precision != "float" and "float" in exported:
+                    _keep_fallback(exported["float"], Path(version_folder) / FALLBACK, report)
                 break
     if not report.get("passed"):
         report.update(runtime="keras", passed=False,
@@ -160,16 +171,49 @@ def build(model, version_folder: Path, tta_level: int, keras_answers: np.ndarray
     return report
 
 
-def keras_logits_on(model, x: np.ndarray, tta_level: int) -> np.ndarray:
-    """The Keras model's logits for each image of `x`, over the views of `tta_level`."""
+def _copy_model(xml: Path, target: Path) -> None:
+    for suffix in (".xml", ".bin"):
+        shutil.copy2(xml.with_suffix(suffix), target / f"model{suffix}")
+
+
+def _keep_fallback(float_xml: Path, target: Path, report: dict) -> None:
+    """The float model beside an int8 one, its weights stored in float16 (half the size; it computes
+    in float32 or bf16 as any float model), with the Keras answers to check it against."""
+    import openvino
+
+    target.mkdir(parents=True, exist_ok=True)
+    openvino.save_model(openvino.Core().read_model(str(float_xml)), str(target / "model.xml"), compress_to_fp16=True)
+    unchecked = {k: report[k] for k in ("openvino", "tta_level", "checked_on", "count", "keras_answers",
+                                        "keras_answers_by_level") if k in report}
+    (target / "runtime.json").write_text(json.dumps(
+        {**unchecked, "runtime": "openvino", "precision": "float", "passed": None, "sha256": _hashes(target),
+         "why": "kept for CPUs where the int8 model fails its check; checked where it is used"}, indent=1))
+
+
+def add_fallback(keras_model: Callable, version_folder: Path) -> bool:
+    """Keep the float model beside a version's int8 one, if it has none (versions made before
+    build kept it; `record_checks`' maintainers only). Returns whether one was added."""
+    folder = Path(version_folder)
+    try:
+        stored = json.loads((folder / FOLDER / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if stored.get("precision") != "int8" or (folder / FALLBACK / "runtime.json").exists():
+        return False
+    with tempfile.TemporaryDirectory() as work:
+        _keep_fallback(export(keras_model(), Path(work), ("float",))["float"], folder / FALLBACK, stored)
+    return True
+
+
+def _encode(answers: np.ndarray) -> str:
+    return "".join(map(str, np.asarray(answers).tolist()))
+
+
+def keras_logits_on(model, x: np.ndarray, tta_level: int) -> dict[int, np.ndarray]:
+    """The Keras model's logits for each image of `x` at `tta_level` and every level below it (one pass)."""
     from . import model as net
 
-    return tta.logits(net.keras_network(model), x, tta_level)
-
-
-def keras_answers_on(model, x: np.ndarray, tta_level: int) -> np.ndarray:
-    """The Keras model's top class for each image of `x`, over the views of `tta_level`."""
-    return keras_logits_on(model, x, tta_level).argmax(1)
+    return tta.logits_by_level(net.keras_network(model), x, tta_level)
 
 
 def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | None:
@@ -183,8 +227,10 @@ def stored_keras_answers(version_folder: Path, tta_level: int) -> np.ndarray | N
 
 def _answers_in(stored: dict, tta_level: int, count: int) -> np.ndarray | None:
     """The Keras answers in a runtime.json's content, if stored at `tta_level` for `count` images."""
-    answers = stored.get("keras_answers", "")
-    if stored.get("tta_level") != tta_level or len(answers) != count:
+    answers = stored.get("keras_answers_by_level", {}).get(str(tta_level))
+    if answers is None and stored.get("tta_level") == tta_level:  # versions made before answers by level
+        answers = stored.get("keras_answers")
+    if answers is None or len(answers) != count:
         return None
     return np.array([int(c) for c in answers])
 
@@ -198,50 +244,62 @@ def describe(status: dict) -> str:
     return f"Keras: {status.get('why', 'no OpenVINO model')}"
 
 
+def check_label(tta_level: int) -> str:
+    """Where a recorded check ran: this CPU (model, flags, precision) and the test-time level."""
+    return f"{_cpu_key()} | level {tta_level}"
+
+
 def load(folder: Path, keras_model: Callable, tta_level: int, cache_dir=None,
-         keras_answers: Callable[[], np.ndarray] | None = None) -> tuple[OpenVINONetwork | None, dict]:
+         keras_answers: Callable[[], np.ndarray] | None = None, sub: str = FOLDER) -> tuple[OpenVINONetwork | None, dict]:
     """The checked OpenVINO network in `folder`/openvino, or (None, why) for Keras to serve.
     `keras_model()`: the Keras model it was made from, served at `tta_level` (called only when a
-    check must be rerun: a stored one needs no Keras). `keras_answers`: its Keras answers on the
-    held-out images at that level, from a pass the caller shares (else made here).
+    check must be rerun without stored answers, or a float model made here). `keras_answers`: its
+    Keras answers on the held-out images at that level, from a pass the caller shares (else made here).
 
-    The check stands without a rerun when the files are the ones checked on this CPU (their
-    hashes, the CPU model and flags); otherwise the artifact serves the held-out images again
-    and is compared with the Keras answers stored at conversion (a Keras pass only if the TTA
-    level changed). Reruns are cached in `cache_dir`, since a version's folder never changes."""
-    target = Path(folder) / FOLDER
+    The check stands without a rerun when the files are the ones checked on this CPU at this
+    level (their hashes, the CPU model and flags: at conversion, or recorded since in `checks`);
+    otherwise the artifact serves the held-out images again and is compared with the Keras
+    answers stored at conversion (a Keras pass only where none are stored at this level). Reruns
+    are cached in `cache_dir`, since a version's folder never changes. Where int8 fails, the float
+    model beside it (`sub`=FALLBACK) is checked the same way, else one is made here from Keras."""
+    target = Path(folder) / sub
     try:
         stored = json.loads((target / "runtime.json").read_text())
     except (OSError, ValueError):
         return None, {"runtime": "keras", "passed": False, "why": "this version has no OpenVINO model"}
-    if not stored.get("passed"):
+    if stored.get("passed") is False:  # None: a fallback not checked anywhere yet
         return None, stored
     if available() is None:
         return None, unavailable()
-    summary = {k: v for k, v in stored.items() if k != "keras_answers"}
+    summary = {k: v for k, v in stored.items() if k not in ("keras_answers", "keras_answers_by_level", "checks")}
     try:
         network = OpenVINONetwork(target / "model.xml", stored["precision"])
         hashes = _hashes(target)
-    except Exception as exc:  # a missing or unreadable file: Keras serves
-        return None, {**summary, "runtime": "keras", "passed": False,
+    except Exception as exc:  # a missing or unreadable file: the float model beside it, else Keras
+        unreadable = {**summary, "runtime": "keras", "passed": False,
                       "why": f"the OpenVINO model could not be loaded ({exc.__class__.__name__})"}
+        return _fallback(folder, sub, keras_model, tta_level, cache_dir, keras_answers, unreadable["why"]) or (None, unreadable)
     level = tta_level
+    answers = _answers_in(stored, level, stored.get("count"))  # no held-out images to load at start
 
     def keras_pass() -> np.ndarray:  # Keras' answers at this level: the caller's shared pass, else one here
-        return keras_answers() if keras_answers else keras_answers_on(keras_model(), data.holdout()[0], level)
+        return keras_answers() if keras_answers else keras_logits_on(keras_model(), data.holdout()[0], level)[level].argmax(1)
 
+    unchanged = hashes == stored.get("sha256")
+    recorded = stored.get("checks", {}).get(check_label(level)) if unchanged else None
     key = hashlib.sha256(json.dumps([hashes, _cpu_key(), level]).encode()).hexdigest()[:16]
-    if hashes == stored.get("sha256") and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
+    if unchanged and stored.get("cpu") == _cpu_key() and stored.get("tta_level") == level:
         status = {**summary, **verdict(stored)}  # checked on this CPU: its numbers stand, the rule is today's
-        answers = _answers_in(stored, level, stored.get("count"))  # no held-out images to load at start
+    elif recorded:
+        status = {**summary, **verdict(recorded), "tta_level": level}
+        status["why"] = status["why"] if not status["passed"] else "checked on this CPU (recorded with the version)"
     else:
-        x, labels = data.holdout()
-        answers = _answers_in(stored, level, len(labels))  # runtime.json, read above
         cached = Path(cache_dir) / f"runtime-check-{key}.json" if cache_dir else None
         if cached is not None and cached.exists():
             result = verdict(json.loads(cached.read_text()))
         else:
-            answers = keras_pass() if answers is None else answers  # stored at another level
+            x, labels = data.holdout()
+            answers = keras_pass() if answers is None else answers
             result = check(network, x, labels, answers, level)
             if cached:
                 write_json_atomic(cached, result)
@@ -250,10 +308,63 @@ def load(folder: Path, keras_model: Callable, tta_level: int, cache_dir=None,
     if status["passed"]:
         return network, status
     failed = f"the OpenVINO {stored['precision']} model failed its check on this machine: {status['why']}"
+    served = _fallback(folder, sub, keras_model, level, cache_dir, keras_answers, failed)
+    if served and served[0] is not None:
+        return served
+    if served:
+        failed = served[1]["why"]
     if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
         return _float_made_here(keras_model, Path(cache_dir) / f"runtime-float-{key}", level,
                                 keras_pass if answers is None else lambda: answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}
+
+
+def _fallback(folder: Path, sub: str, keras_model: Callable, level: int, cache_dir, keras_answers, failed: str):
+    """The float model kept beside a version's int8 one, when that one cannot serve here (`failed`
+    says why): (network, status) if it passes its own check, (None, status saying both) if not,
+    None where there is none."""
+    if sub != FOLDER or not (Path(folder) / FALLBACK / "runtime.json").exists():
+        return None
+    network, status = load(folder, keras_model, level, cache_dir, keras_answers, sub=FALLBACK)
+    if network is not None:
+        return network, {**status, "replaced": failed}
+    return None, {**status, "runtime": "keras", "why": f"{failed}; the float model beside it too: {status.get('why', '')}"}
+
+
+def record_checks(version_folder: Path, keras_logits: Callable[[], dict[int, np.ndarray]], levels=tta.LEVELS) -> dict:
+    """Check a version's OpenVINO models (its own and the float one beside it) on this CPU at each
+    of `levels` and record the results in their runtime.json (`checks`), so an app on this kind of
+    CPU starts without checking them. Keras' answers at levels the version lacks come from
+    `keras_logits()` (its logits on the held-out images by level, one pass) and are stored too.
+    For a maintainer preparing a shipped version; the app itself never changes a version.
+    Returns {sub-folder: {level: result}}."""
+    x, labels = data.holdout()
+    made = {}
+    recorded = {}
+    for sub in (FOLDER, FALLBACK):
+        path = Path(version_folder) / sub / "runtime.json"
+        if not path.exists():
+            continue
+        stored = json.loads(path.read_text())
+        if stored.get("passed") is False:
+            continue
+        network = OpenVINONetwork(path.parent / "model.xml", stored["precision"])
+        by_level = stored.setdefault("keras_answers_by_level", {})
+        if stored.get("keras_answers") and str(stored["tta_level"]) not in by_level:
+            by_level[str(stored["tta_level"])] = stored["keras_answers"]
+        recorded[sub] = {}
+        for level in levels:
+            answers = _answers_in(stored, level, len(labels))
+            if answers is None:
+                made = made or {lvl: logits.argmax(1) for lvl, logits in keras_logits().items()}
+                answers = made[level]
+                by_level[str(level)] = _encode(answers)
+            result = check(network, x, labels, answers, level)
+            stored.setdefault("checks", {})[check_label(level)] = {
+                k: result[k] for k in ("agreement", "accuracy", "keras_accuracy", "count")}
+            recorded[sub][level] = result
+        write_json_atomic(path, stored)
+    return recorded
 
 
 def _float_made_here(keras_model: Callable, folder: Path, level: int, keras_answers: Callable[[], np.ndarray],
@@ -261,7 +372,7 @@ def _float_made_here(keras_model: Callable, folder: Path, level: int, keras_answ
     """When the version's own OpenVINO model fails its check on this CPU: a float one made from
     the Keras model, checked like any other (made once, kept in the cache)."""
     if not (folder / FOLDER / "runtime.json").exists():
-        build(keras_model(), folder, level, keras_answers(), precisions=("float",))
+        build(keras_model(), folder, level, {level: keras_answers()}, precisions=("float",))
     network, status = load(folder, keras_model, level)
     if network is None:
         return None, {**status, "runtime": "keras", "why": f"{failed}; {status.get('why', '')}"}

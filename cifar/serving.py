@@ -36,14 +36,15 @@ def load_predictor(version: Version, tta_level: int, cache_dir: Path | None = No
     # Where the version's stored calibration and check are at another level (an AVX2-only CPU
     # serves flip only), or it has no OpenVINO model yet, each needs Keras' logits on the held-out
     # images: one pass, shared.
-    keras_logits = functools.cache(lambda: runtime.keras_logits_on(predictor.model, data.holdout()[0], tta_level))
+    by_level = functools.cache(lambda: runtime.keras_logits_on(predictor.model, data.holdout()[0], tta_level))
+    keras_logits = lambda: by_level()[tta_level]
     keras_answers = lambda: keras_logits().argmax(1)  # the same pass, as answers
     predictor.calibrate(calibration.for_version(version, tta_level, cache_dir, keras_logits))
     folder = version.path
     if not (folder / runtime.FOLDER).exists() and cache_dir:  # older versions: versions never change
         folder = Path(cache_dir) / f"runtime-{version.id}"
         if not (folder / runtime.FOLDER / "runtime.json").exists():
-            runtime.build(predictor.model, folder, tta_level, keras_answers())
+            runtime.build(predictor.model, folder, tta_level, {level: v.argmax(1) for level, v in by_level().items()})
     predictor.use_runtime(folder, cache_dir, keras_answers=keras_answers)
     return predictor
 

@@ -30,9 +30,17 @@ def views(x: np.ndarray, level: int = LEVEL) -> list[tuple[float, np.ndarray]]:
 
 
 def logits(network, x: np.ndarray, level: int, batch_size: int = 256) -> np.ndarray:
-    """Weighted logits of `network` (float32 batch -> logits) over the views of uint8 `x`.
+    """Weighted logits of `network` (float32 batch -> logits) over the views of uint8 `x`."""
+    return logits_by_level(network, x, level, batch_size)[level]
+
+
+def logits_by_level(network, x: np.ndarray, level: int, batch_size: int = 256) -> dict[int, np.ndarray]:
+    """`logits` at `level` and at every level below it, from one pass: each level's views are the
+    first views of the next (the image, its mirror, then the shifts), so the lower ones are free.
     All views of a chunk go through the network as one batch: fewer, larger matmuls."""
-    out = np.zeros((len(x), 10), dtype=np.float32)
+    below = [low for low in LEVELS if low <= level]
+    weights = {low: [w for w, _ in views(x[:1], low)] for low in below}
+    out = {low: np.zeros((len(x), 10), dtype=np.float32) for low in below}
     if len(x) == 0:
         return out
     chunk_views = views(x, level)
@@ -42,5 +50,6 @@ def logits(network, x: np.ndarray, level: int, batch_size: int = 256) -> np.ndar
         stacked = np.concatenate([v[part] for _, v in chunk_views]).astype(np.float32)
         raw = network(stacked)
         n = min(chunk, len(x) - start)
-        out[part] = sum(w * raw[i * n:(i + 1) * n] for i, (w, _) in enumerate(chunk_views))
+        for low in below:
+            out[low][part] = sum(w * raw[i * n:(i + 1) * n] for i, w in enumerate(weights[low]))
     return out

@@ -52,7 +52,7 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
             status = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
         else:
             status = runtime.build(serving_model, folder, metrics.get("tta_level", cpu.tta_level()))
-        metadata["runtime"] = {k: v for k, v in status.items() if k != "keras_answers"}
+        metadata["runtime"] = {k: v for k, v in status.items() if k not in ("keras_answers", "keras_answers_by_level")}
         metadata["file_size_bytes"] = (folder / registry.MODEL_FILE).stat().st_size
         for name, data in (("metadata", metadata), ("metrics", metrics), ("history", history),
                            ("calibration", calibration)):

@@ -34,7 +34,7 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 class App:
     """The app in a subprocess on a free port (also the test suite's way to start it)."""
 
-    def __init__(self, env: dict | None = None, home=None, timeout: float = 180, script: Path = ROOT / "app.py"):
+    def __init__(self, env: dict | None = None, home=None, timeout: float = 600, script: Path = ROOT / "app.py"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = Path(home or tempfile.mkdtemp(prefix="cifar-loadtest-"))

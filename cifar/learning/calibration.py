@@ -56,6 +56,15 @@ def fit(logits: np.ndarray, labels: np.ndarray, tta_level: int, fitted_on: str) 
     }
 
 
+def fit_by_level(logits: dict[int, np.ndarray], labels: np.ndarray, tta_level: int, fitted_on: str) -> dict:
+    """`fit` at `tta_level`, with the levels below it in `by_level` (their logits come free with
+    the same pass: cifar.tta.logits_by_level), so a CPU that serves fewer views needs no Keras
+    pass to calibrate."""
+    return {**fit(logits[tta_level], labels, tta_level, fitted_on),
+            "by_level": {str(level): fit(logits[level], labels, level, fitted_on)
+                         for level in sorted(logits) if level != tta_level}}
+
+
 def fit_on_holdout(predictor) -> dict:
     """Calibration of `predictor`'s model on the shipped held-out images."""
     return fit_held_out_logits(predictor.logits(data.holdout()[0]), predictor.tta_level)
@@ -67,13 +76,16 @@ def fit_held_out_logits(logits, tta_level: int) -> dict:
 
 
 def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -> dict:
-    """A registry version's calibration at this TTA level: the one stored with it, else one
+    """A registry version's calibration at this TTA level: the one stored with it (or beside it
+    for a lower level, `by_level`), else one
     cached earlier, else (given `held_out_logits`, a function giving its logits on the held-out
     images at that level) fitted now and cached. Versions are immutable, so a late calibration
     goes to the cache, never into the version. {} when there is none and nothing to fit one with."""
     stored = version.calibration
     if stored.get("tta_level") == tta_level:
         return stored
+    if str(tta_level) in stored.get("by_level", {}):
+        return stored["by_level"][str(tta_level)]
     cached = Path(cache_dir) / f"calibration-{version.id}-tta{tta_level}.json" if cache_dir else None
     if cached and cached.exists():
         return json.loads(cached.read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES, data, evaluate, runtime, train, tta, versions
+from .. import CLASSES, config, data, evaluate, runtime, train, tta, versions
 from ..logits import softmax
 from ..predict import Predictor
 from ..retrain_rules import PROMOTION_TOLERANCE, RETRAIN, NothingToLearn
@@ -25,14 +25,15 @@ MEASURE_MIN_UPLOADS = 200   # unlabeled uploads enough to time this machine's Ke
 SLOW_SECONDS_PER_VIEW = 1 / 150  # else priced as an AVX2-only EPYC (Keras float32, 6 views at batch 32)
 
 
-def judge(predictor: Predictor) -> tuple[dict, dict, np.ndarray]:
+def judge(predictor: Predictor) -> tuple[dict, dict, dict[int, np.ndarray]]:
     """Metrics of a freshly trained model on the held-out images, its calibration fitted on the
-    same logits (one pass of the network for both), and the logits (the runtime's check uses them)."""
+    same logits (one pass of the network for both; the levels below the served one come free),
+    and the logits by level (the runtime's check uses them)."""
     x, y = data.holdout()
     started = time.time()
-    logits = predictor.logits(x)
-    fitted = calibration.fit(logits, y, predictor.tta_level, data.HOLDOUT_NAME)
-    probabilities = softmax(logits, fitted["temperature"])
+    logits = predictor.logits_by_level(x)
+    fitted = calibration.fit_by_level(logits, y, predictor.tta_level, data.HOLDOUT_NAME)
+    probabilities = softmax(logits[predictor.tta_level], fitted["temperature"])
     metrics = evaluate.metrics_from_probabilities(probabilities, y, predictor.tta_level, time.time() - started)
     return metrics, fitted, logits
 
@@ -45,7 +46,8 @@ RUNTIME_VIEW_COST, FIXED_SECONDS = 0.5, 10.0
 
 def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh_image: float, uploads: int,
                     views: int, train_images: int) -> float:
-    """Seconds the training may take so the whole retrain ends within RETRAIN["seconds"]: what is
+    """Seconds the training may take so the whole retrain ends within RETRAIN["seconds"] (or
+    CIFAR_RETRAIN_S): what is
     left after the time spent so far and the work still to come (the final BatchNorm refresh,
     judging on the held-out images, the runtime's conversion and check, the estimates on the
     uploads), priced at the Keras speeds measured while pseudo-labelling on this machine."""
@@ -54,7 +56,7 @@ def training_budget(elapsed: float, seconds_per_view: float, seconds_per_refresh
     refresh_images = train.refresh_images(train_images) + train.refresh_images(uploads)  # new version's; adapted copy's
     after_training = (seconds_per_view * (keras_views + RUNTIME_VIEW_COST * runtime_views)
                       + seconds_per_refresh_image * refresh_images + FIXED_SECONDS)
-    return max(RETRAIN["min_train_seconds"], RETRAIN["seconds"] - elapsed - after_training)
+    return max(RETRAIN["min_train_seconds"], config.retrain_seconds(RETRAIN["seconds"]) - elapsed - after_training)
 
 
 def _label_uploads(parent, x_up: np.ndarray, y_up: np.ndarray, serving: Predictor, threshold: float,
@@ -110,7 +112,8 @@ def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, 
     candidate.calibrate(fitted)
     report(0.86, "converting the new version for the serving runtime and checking it")
     with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
-        runtime.build(result.model, Path(staging), serving.tta_level, holdout_logits.argmax(1))
+        runtime.build(result.model, Path(staging), serving.tta_level,
+                      {level: logits.argmax(1) for level, logits in holdout_logits.items()})
         candidate.use_runtime(staging)  # the estimates go through what will serve
         phases["conversion"], mark = time.time() - mark, time.time()
         report(0.9, "estimating accuracy on the uploads, before and after")
