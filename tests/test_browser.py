@@ -241,8 +241,9 @@ def test_retrain_tab_follows_a_job_started_elsewhere_through_a_reload(page):
                            timeout=60_000)
     if "Retraining" in status.inner_text():   # caught while it ran (it usually is): progress in words
         assert re.search(r"Retraining \(\d+%\)", status.inner_text())
+    # A retrain at 6 views: under 2 minutes on an AMX Xeon, over 6 on a 2-core AVX2-only EPYC beside the suite.
     page.wait_for_function("() => /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
-                           timeout=400_000)
+                           timeout=1_200_000)
     version = re.search(r"New version (\d{8}T\d{6}Z-retrain)", status.inner_text()).group(1)
     page.wait_for_function(f"() => document.body.innerText.includes('{version}')", timeout=30_000)
     assert "held-out accuracy" in page.locator("body").inner_text()   # the before/after table
