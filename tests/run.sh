@@ -39,5 +39,6 @@ hadolint --ignore DL3008 Dockerfile
 
 # Two test files at a time (pytest-xdist; TEST_WORKERS changes it): one at a time left a core idle
 # 40% of the run. A file's tests stay together in one worker, so its module fixtures (an app, a
-# Hub server) are made once.
-python3 -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# Hub server) are made once. --no-loadscope-reorder: files go out in collection order (the longest
+# first, tests/conftest.py), not xdist's default of the files with the most tests first.
+python3 -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
