@@ -76,19 +76,18 @@ class Predictor:
         log.log(logging.INFO if network else logging.WARNING, "%s served by %s", self.version or "model",
                 runtime.describe(self.runtime))
 
+    def _locked(self, batch: np.ndarray) -> np.ndarray:
+        """The network, one call at a time (an OpenVINO network has one infer request)."""
+        with self._lock:
+            return self.network(batch)
+
     def logits(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Logits of uint8 images over the views of TTA `level` (the predictor's own by default)."""
-        def locked(batch):
-            with self._lock:
-                return self.network(batch)
-        return tta.logits(locked, x, self.tta_level if level is None else level, self.batch_size)
+        return tta.logits(self._locked, x, self.tta_level if level is None else level, self.batch_size)
 
     def logits_by_level(self, x: np.ndarray) -> dict[int, np.ndarray]:
         """`logits` at the predictor's level and every level below it, from one pass (tta.logits_by_level)."""
-        def locked(batch):
-            with self._lock:
-                return self.network(batch)
-        return tta.logits_by_level(locked, x, self.tta_level, self.batch_size)
+        return tta.logits_by_level(self._locked, x, self.tta_level, self.batch_size)
 
     def predict_arrays(self, x: np.ndarray, level: int | None = None) -> np.ndarray:
         """Class probabilities (N, 10), calibrated when the predictor has a calibration."""

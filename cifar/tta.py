@@ -29,18 +29,26 @@ def views(x: np.ndarray, level: int = LEVEL) -> list[tuple[float, np.ndarray]]:
     return out
 
 
+# Each level's views' logit weights, in the order `views` gives them (read off `views` itself).
+WEIGHTS = {level: [w for w, _ in views(np.zeros((1, 32, 32, 3), np.uint8), level)] for level in LEVELS}
+
+
 def logits(network, x: np.ndarray, level: int, batch_size: int = 256) -> np.ndarray:
     """Weighted logits of `network` (float32 batch -> logits) over the views of uint8 `x`."""
-    return logits_by_level(network, x, level, batch_size)[level]
+    return _merged(network, x, level, (level,), batch_size)[level]
 
 
 def logits_by_level(network, x: np.ndarray, level: int, batch_size: int = 256) -> dict[int, np.ndarray]:
     """`logits` at `level` and at every level below it, from one pass: each level's views are the
-    first views of the next (the image, its mirror, then the shifts), so the lower ones are free.
-    All views of a chunk go through the network as one batch: fewer, larger matmuls."""
-    below = [low for low in LEVELS if low <= level]
-    weights = {low: [w for w, _ in views(x[:1], low)] for low in below}
-    out = {low: np.zeros((len(x), 10), dtype=np.float32) for low in below}
+    first views of the next (the image, its mirror, then the shifts), so the lower ones are free."""
+    return _merged(network, x, level, tuple(low for low in LEVELS if low <= level), batch_size)
+
+
+def _merged(network, x: np.ndarray, level: int, levels: tuple, batch_size: int) -> dict[int, np.ndarray]:
+    """`network`'s logits over the views of `level`, merged with the weights of each of `levels`
+    (none above `level`). All views of a chunk go through the network as one batch: fewer, larger
+    matmuls."""
+    out = {low: np.zeros((len(x), 10), dtype=np.float32) for low in levels}
     if len(x) == 0:
         return out
     chunk_views = views(x, level)
@@ -50,6 +58,6 @@ def logits_by_level(network, x: np.ndarray, level: int, batch_size: int = 256) -
         stacked = np.concatenate([v[part] for _, v in chunk_views]).astype(np.float32)
         raw = network(stacked)
         n = min(chunk, len(x) - start)
-        for low in below:
-            out[low][part] = sum(w * raw[i * n:(i + 1) * n] for i, w in enumerate(weights[low]))
+        for low in levels:
+            out[low][part] = sum(w * raw[i * n:(i + 1) * n] for i, w in enumerate(WEIGHTS[low]))
     return out
