@@ -23,16 +23,23 @@ import numpy as np
 from . import config, cpu, data, serving
 from .corruptions import CORRUPTIONS, HELD_OUT, PUBLISHED, corrupt, from_cifar10c
 from .learning.estimate import adapted_view, agreement, estimate_accuracy, looks_familiar, score
+from .logits import softmax
 from .registry import Registry
 
 QUICK = ("gaussian_noise", "pixelate", "saturate")
 LABEL_SHIFT = (1, 2, 5)  # clean sets of this many classes
 
 
-def measure(predictor, x: np.ndarray, y: np.ndarray) -> dict:
-    """Served and adapted accuracy on (x, y), and the estimate made without `y`, with its parts."""
+def measure(predictor, x: np.ndarray, y: np.ndarray, arrays: dict | None = None, key: str = "") -> dict:
+    """Served and adapted accuracy on (x, y), and the estimate made without `y`, with its parts.
+    `arrays`: where to keep the cell's probabilities (served; the adapted copy's at temperature 1)
+    and labels under `key`, so other estimates can be compared without the forward passes again."""
     probabilities = predictor.predict_arrays(x)
-    adapted_probabilities = adapted_view(predictor.model, x, predictor.temperature)
+    untempered = adapted_view(predictor.model, x, 1.0)
+    adapted_probabilities = softmax(np.log(np.maximum(untempered, 1e-30)), predictor.temperature)  # one view: the same as at T
+    if arrays is not None:
+        arrays.update({f"{key}/served": probabilities.astype(np.float32), f"{key}/adapted_t1": untempered.astype(np.float32),
+                       f"{key}/labels": np.asarray(y, np.int8)})
     threshold = predictor.calibration["atc_threshold"]
     return {
         "accuracy": float((probabilities.argmax(1) == y).mean()),
@@ -55,8 +62,8 @@ def run(names, severities, count: int, source: str, out: Path, cifar10c: Path | 
     predictor = serving.load_predictor(version, cpu.tta_level(), config.cache_dir())
     x_test, y_test = data.load(source, "test")
     indices = data.balanced_subset(y_test, count // 10, seed=0)
-    rows = []
-    clean = measure(predictor, x_test[indices], y_test[indices])
+    rows, arrays = [], {}
+    clean = measure(predictor, x_test[indices], y_test[indices], arrays, "clean-0")
     rows.append({"corruption": "clean", "severity": 0, **clean, "seconds": 0.0})
     report(f"clean: accuracy {clean['accuracy']:.2%}, estimate {clean['estimate']:.2%}")
     for name in names:
@@ -67,7 +74,7 @@ def run(names, severities, count: int, source: str, out: Path, cifar10c: Path | 
             else:
                 x, y = corrupt(x_test[indices], name, severity, seed=severity), y_test[indices]
             made = time.time() - started
-            cell = measure(predictor, x, y)
+            cell = measure(predictor, x, y, arrays, f"{name}-{severity}")
             rows.append({"corruption": name, "severity": severity, "held_out": name in HELD_OUT, **cell,
                          "seconds_to_corrupt": round(made, 1), "seconds": round(time.time() - started, 1)})
             report(f"{name} {severity}: accuracy {cell['accuracy']:.2%} (adapted {cell['adapted_accuracy']:.2%}); "
@@ -77,13 +84,15 @@ def run(names, severities, count: int, source: str, out: Path, cifar10c: Path | 
     # copy's assumption fails; no corruption, so a candidate is judged on both kinds of shift.
     for k in LABEL_SHIFT:
         picks = np.concatenate([np.flatnonzero(y_test == c)[:count // k] for c in range(k)])
-        cell = measure(predictor, x_test[picks], y_test[picks])
+        cell = measure(predictor, x_test[picks], y_test[picks], arrays, f"label_shift-{k}")
         rows.append({"corruption": f"label shift: {k} class{'es' if k > 1 else ''}", "severity": 0, "label_shift": k, **cell})
         report(f"{rows[-1]['corruption']}: accuracy {cell['accuracy']:.2%}; estimate {cell['estimate']:.2%} "
                f"(ATC {cell['atc']:.2%}, agreement {cell['agreement']:.2%})")
     out.mkdir(parents=True, exist_ok=True)
     (out / "corruptions.json").write_text(json.dumps({"version": version.id, "images": count, "rows": rows}, indent=1))
     (out / "corruptions.md").write_text(table(rows))
+    np.savez_compressed(out / "arrays.npz", temperature=predictor.temperature, tta_level=predictor.tta_level,
+                        **{k.replace("/", "__"): v for k, v in arrays.items()})
     plot(rows, out / "corruptions.png")
     return rows
 
