@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from . import CLASSES, config, corruptions, data, evaluate, serving
 from .learning.adapt import upload_probabilities
-from .learning.estimate import adapted_view, agreement, estimate_accuracy
+from .learning.estimate import adapted_view, agreement, estimate_accuracy, transport
 from .learning.pseudo_labels import pseudo_labels
 from .registry import Registry
 from .retrain_rules import RETRAIN
@@ -120,8 +120,8 @@ def accuracy(predictor, x, y) -> float:
 
 
 def estimation(predictor, x, y, when: str) -> dict:
-    """True accuracy on (x, y) and the model's own estimate of it without the labels, with its two
-    parts (ATC; the adapted copy's agreement) so other rules can be scored on the same run."""
+    """True accuracy on (x, y) and the model's own estimate of it without the labels, with its
+    parts (ATC; the adapted copy's agreement; COT) so other rules can be scored on the same run."""
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
     adapted, threshold = adapted_view(predictor.model, x, predictor.temperature), predictor.calibration["atc_threshold"]
@@ -129,7 +129,8 @@ def estimation(predictor, x, y, when: str) -> dict:
                                   predictor.calibration.get("reference_accuracy"))
     return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true,
             f"atc_{when}": estimate_accuracy(probabilities, threshold),
-            f"agreement_{when}": agreement(probabilities, adapted) if adapted is not None else None}
+            f"agreement_{when}": agreement(probabilities, adapted) if adapted is not None else None,
+            f"transport_{when}": transport(probabilities)}
 
 
 def split_field(y: np.ndarray, field_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

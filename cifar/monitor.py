@@ -2,12 +2,13 @@
 the last predictions (time, latency, calibrated confidence, class, ATC score) from which the
 Monitoring tab estimates the model's accuracy in the field.
 
-The estimate is the one `cifar.learning.estimate` chose: the agreement of a copy of the model
-adapted to the images. For it the monitor keeps the last `SAMPLE` served images in memory (3 KB
-each, never written anywhere, gone at a restart or a model swap); `measure_agreement` scores
-them, at most once every `AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement.
-Until 200 predictions are scored, and while ATC's estimate (the share above its threshold) is within
-5 points of the held-out reference, the estimate is ATC's.
+The estimate is the one `cifar.learning.estimate` chose: the lower of the agreement of a copy of
+the model adapted to the images and COT (over the window's probabilities). For the agreement the
+monitor keeps the last `SAMPLE` served images in memory (3 KB each, never written anywhere, gone at
+a restart or a model swap); `measure_agreement` scores them, at most once every
+`AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement. Until 200 predictions are
+scored, and while ATC's estimate (the share above its threshold) is within 5 points of the held-out
+reference, the estimate is ATC's.
 Thread-safe, bounded memory; recording one prediction costs a few microseconds."""
 import itertools
 import threading
@@ -37,6 +38,7 @@ class Monitor:
         self._errors: dict[str, int] = defaultdict(int)
         # One row per served prediction: unix time, latency s, top probability, class, above ATC threshold, id.
         self._served: deque = deque(maxlen=predictions)
+        self._probabilities: deque = deque(maxlen=predictions)  # each row of _served's, for COT
         self._images: deque = deque(maxlen=min(SAMPLE, predictions))  # (id, image, served class)
         self._agreement: dict[int, float] = {}  # id -> the adapted copy's probability of the served class
         self._ids = itertools.count()
@@ -60,6 +62,7 @@ class Monitor:
             ids = [next(self._ids) for _ in range(len(probabilities))]
             self._served.extend((now, seconds, float(p.max()), int(p.argmax()), bool(a), i)
                                 for p, a, i in zip(probabilities, above, ids))
+            self._probabilities.extend(np.asarray(probabilities, np.float32))
             if images is not None:
                 self._images.extend((i, image, int(p.argmax())) for i, image, p in zip(ids, images, probabilities))
 
@@ -67,6 +70,7 @@ class Monitor:
         """Forget the served predictions (after a model swap they describe the previous model)."""
         with self._lock:
             self._served.clear()
+            self._probabilities.clear()
             self._images.clear()
             self._agreement.clear()
 
@@ -117,6 +121,7 @@ class Monitor:
         with self._lock:
             served = list(self._served)
             agreement = np.array([self._agreement.get(row[5], np.nan) for row in served], float)
+            probabilities = np.array(self._probabilities)
         n = len(served)
         times, latency, confidence, classes, above, _ = np.array(served, float).reshape(n, 6).T
         classes = classes.astype(int)
@@ -128,6 +133,10 @@ class Monitor:
         method = "agreement" if scored >= RETRAIN["adapt_min"] and not familiar else "atc"
         correct = agreement if method == "agreement" else above
         estimated = float(np.nanmean(correct)) if n and "atc_threshold" in reference else None
+        if method == "agreement" and estimated is not None:
+            transported = estimate.transport(probabilities)
+            if transported < estimated:  # COT is the lower: it is the estimate, each minute scaled to it
+                method, correct, estimated = "transport", correct * transported / estimated, transported
         alert = bool(estimated is not None and expected is not None and n >= MIN_FOR_ALERT
                      and estimated < expected - ALERT_DROP)
         timeline = []

@@ -86,19 +86,35 @@ def test_estimate_on_a_synthetic_case_with_a_known_answer():
     assert estimate.estimate_accuracy(target, threshold) == pytest.approx(0.3)
     assert estimate.estimate_accuracy(reference, threshold) == pytest.approx(0.8)
     assert estimate.estimate_accuracy(np.zeros((0, 10)), threshold) is None
-    # A copy adapted to the target gives class 0 0.4 and class 1 0.5 on every image. The served
-    # answer is class 0 on every row (sure and unsure rows both peak there), so the probability the
-    # copy gives it, 0.4, is the estimate on both sets, whatever ATC says.
-    adapted = np.full((100, 10), 0.1 / 8)
-    adapted[:, 0], adapted[:, 1] = 0.4, 0.5
-    assert estimate.estimate_accuracy(target, threshold, adapted) == pytest.approx(0.4)
-    assert estimate.estimate_accuracy(reference, threshold, adapted) == pytest.approx(0.4)
-    # Served answers split 30/70 between classes 0 and 2, the copy giving them 0.9 and 0.2: 0.41.
-    split = np.array([sure] * 30 + [np.roll(sure, 2)] * 70)
-    second = np.full((100, 10), 0.0)
-    second[:30, 0], second[:30, 1] = 0.9, 0.1
-    second[30:, 2], second[30:, 3] = 0.2, 0.8
-    assert estimate.estimate_accuracy(split, threshold, second) == pytest.approx(0.3 * 0.9 + 0.7 * 0.2)
+    # With a copy adapted to the images the estimate is the lower of its agreement and COT.
+    # Served answers spread evenly over the ten classes, sure ones: COT moves each image to its own
+    # class at a cost of 1 - 0.982, so 0.982; the copy gives each served answer 0.4: the estimate is 0.4.
+    spread = np.array([np.roll(sure, i % 10) for i in range(100)])
+    adapted = np.full((100, 10), 0.6 / 9)
+    adapted[np.arange(100), np.arange(100) % 10] = 0.4
+    assert estimate.transport(spread) == pytest.approx(0.982)
+    assert estimate.estimate_accuracy(spread, threshold, adapted) == pytest.approx(0.4)
+    # Every answer class 0 (30 sure, 70 unsure), the copy again 0.4 on it. Even classes mean only 10
+    # of the 100 can be class 0: the 10 cheapest to move there are sure ones (cost 0.018 each); the
+    # other 20 sure ones go elsewhere at 0.998 and the 70 unsure at 0.91. Cost (0.18 + 19.96 + 63.7)
+    # / 100 = 0.8384: COT says 0.1616, below the copy's 0.4, and is the estimate.
+    adapted = np.full((100, 10), 0.6 / 9)
+    adapted[:, 0] = 0.4
+    assert estimate.estimate_accuracy(target, threshold, adapted) == pytest.approx(0.1616, abs=1e-6)
+    assert estimate.agreement(target, adapted) == pytest.approx(0.4)
+
+
+def test_confidence_optimal_transport_of_cases_worked_by_hand():
+    # Two classes, two images: both sure of class 0, but one of them must be class 1: half right.
+    assert estimate.transport(np.array([[1.0, 0.0], [1.0, 0.0]])) == pytest.approx(0.5)
+    # 0.8 / 0.2 and 0.3 / 0.7: each to its own class costs 0.2 + 0.3, the swap 0.8 + 0.7: 1 - 0.25.
+    assert estimate.transport(np.array([[0.8, 0.2], [0.3, 0.7]])) == pytest.approx(0.75)
+    # Three classes, three images all 0.5 / 0.5 / 0 over classes 0 and 1: one must go to class 2 at
+    # cost 1, the others at 0.5: (0.5 + 0.5 + 1) / 3 = 2/3 of cost, a third right.
+    assert estimate.transport(np.array([[0.5, 0.5, 0.0]] * 3)) == pytest.approx(1 / 3)
+    # More images than it solves on, in a regular order (an evenly spaced pick would take only one kind).
+    many = np.array([[0.8, 0.2], [0.3, 0.7]] * (estimate.TRANSPORT_MAX_IMAGES + 1))
+    assert estimate.transport(many) == pytest.approx(0.75, abs=0.01)
 
 
 def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):
@@ -148,21 +164,31 @@ def test_the_field_estimate_turns_to_the_adapted_copys_agreement_once_200_images
     reference = {"atc_threshold": -0.2, "reference_accuracy": 0.9, "confidence_histogram": [0] * 20}
     prior = {c: 0.1 for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
     monitor = Monitor(predictions=300)
-    unsure = np.full((150, 10), 0.09)
-    unsure[:, 3] = 0.19                                   # below ATC's threshold: ATC counts none right
+    unsure = np.full((150, 10), 0.5 / 9)
+    unsure[np.arange(150), np.arange(150) % 10] = 0.5     # below ATC's threshold: ATC counts none right
     pictures = np.zeros((150, 32, 32, 3), np.uint8)
     monitor.observe(unsure, 0.02, reference["atc_threshold"], pictures)
     assert monitor.unscored() is None                     # 150 kept: too few for an adapted copy
     monitor.observe(unsure[:100], 0.02, reference["atc_threshold"], pictures[:100])
     ids, kept, classes = monitor.unscored()
-    assert len(ids) == len(kept) == 250 and (classes == 3).all()
+    assert len(ids) == len(kept) == 250 and (classes == np.r_[np.arange(150), np.arange(100)] % 10).all()
     monitor.score(ids[:220], np.full(220, 0.25))          # the copy gives the served class 0.25 on average
-    field = monitor.field(reference, prior)
+    field = monitor.field(reference, prior)               # COT: every answer to its own class, 0.5
     assert field["estimate_method"] == "agreement" and field["estimate_scored"] == 220
-    assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 0.0
+    assert field["estimated_accuracy"] == 0.25 and field["alert"]       # not ATC's 0.0, nor COT's 0.5
+    assert field["timeline"][-1]["estimated_accuracy"] == 0.25
     assert monitor.unscored() is None                     # scored a moment ago: not again so soon
     monitor.scored_at -= AGREEMENT_EVERY_S + 1
     assert len(monitor.unscored()[0]) == 250              # 30 still unscored
+
+    one_class = np.full((300, 10), 0.5 / 9)
+    one_class[:, 3] = 0.5                                 # every answer "cat": at most a tenth of them can be
+    monitor.observe(one_class, 0.02, reference["atc_threshold"], np.zeros((300, 32, 32, 3), np.uint8))
+    monitor.score(monitor.unscored()[0], np.full(300, 0.25))
+    field = monitor.field(reference, prior)               # COT: 30 to "cat" at 0.5, 270 elsewhere at 1 - 0.5/9
+    assert field["estimate_method"] == "transport" and field["estimated_accuracy"] == pytest.approx(0.1, abs=1e-4)
+    assert field["timeline"][-1]["estimated_accuracy"] == pytest.approx(0.1, abs=1e-4)
+    monitor.scored_at -= AGREEMENT_EVERY_S + 1
 
     sure = np.full((300, 10), 0.001)
     sure[:, 3] = 0.991                                    # the window turns to images ATC counts right: 1.0 >= 0.9 - 0.05

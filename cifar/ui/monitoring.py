@@ -53,6 +53,9 @@ def status_text(service: Service, field: dict) -> str:
         if field["estimate_method"] == "agreement":
             how = (f"a copy of the model adapted to the images served agrees with {field['estimate_scored']:,} "
                    "of its answers this much")
+        elif field["estimate_method"] == "transport":
+            how = ("confidence moved onto an even mix of the ten classes (COT): lower than an adapted copy's "
+                   f"agreement with {field['estimate_scored']:,} of its answers")
         elif field["looks_familiar"]:
             how = "from confidence: the images look like the training images"
         else:
