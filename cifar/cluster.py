@@ -40,6 +40,18 @@ def haproxy_config(port: int, stats_port: int, replicas: list[tuple[str, int]], 
     return text.replace("bind 127.0.0.1:7869", f"bind 127.0.0.1:{stats_port}")
 
 
+def balancer_servers(stats_port: int) -> dict[str, dict]:
+    """HAProxy's own view (its stats page), per replica: status ("UP", "DOWN", or on its way:
+    "UP 1/2"), sessions, HTTP responses; {} while it does not answer."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    header, *rows = [line.split(",") for line in text.lstrip("# ").splitlines() if line]
+    table = [dict(zip(header, row)) for row in rows]
+    return {row["svname"]: row for row in table if row["pxname"] == "replicas" and row["svname"].startswith("replica")}
+
+
 class Replica:
     def __init__(self, name: str, port: int, home: Path, env: dict):
         self.name, self.port, self.home, self.env = name, port, Path(home), env
@@ -145,14 +157,7 @@ class Cluster:
         raise TimeoutError("HAProxy did not see every replica healthy")
 
     def servers(self) -> dict[str, dict]:
-        """HAProxy's own view, per replica: status (UP/DOWN), sessions, HTTP responses."""
-        try:
-            text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=2).text
-        except httpx.HTTPError:
-            return {}
-        header, *rows = [line.split(",") for line in text.lstrip("# ").splitlines() if line]
-        table = [dict(zip(header, row)) for row in rows]
-        return {row["svname"]: row for row in table if row["pxname"] == "replicas" and row["svname"].startswith("replica")}
+        return balancer_servers(self.stats_port)
 
     def servers_up(self) -> int:
         return sum(row["status"] == "UP" for row in self.servers().values())

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from cifar.cluster import free_port, haproxy_config
+from cifar.cluster import balancer_servers, free_port, haproxy_config
 
 
 class Named(BaseHTTPRequestHandler):
@@ -64,14 +64,7 @@ def balancer(tmp_path):
 
 
 def statuses(stats_port: int) -> dict[str, str]:
-    """HAProxy's view of each replica: "UP", "DOWN", or on its way ("UP 1/2")."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=2).text
-    except httpx.HTTPError:
-        return {}
-    header, *rows = [line.split(",") for line in text.lstrip("# ").splitlines() if line]
-    rows = [dict(zip(header, row)) for row in rows]
-    return {row["svname"]: row["status"] for row in rows if row["svname"].startswith("replica-")}
+    return {name: row["status"] for name, row in balancer_servers(stats_port).items()}
 
 
 def wait_until(condition, message: str, timeout: float = 30) -> None:
