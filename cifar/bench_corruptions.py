@@ -22,7 +22,7 @@ import numpy as np
 
 from . import config, cpu, data, serving
 from .corruptions import CORRUPTIONS, HELD_OUT, PUBLISHED, corrupt, from_cifar10c
-from .learning.estimate import adapted_view, agreement, estimate_accuracy, looks_familiar, score, transport
+from .learning.estimate import adapted_view, agreement, copy_temperature, estimate_accuracy, looks_familiar, score, transport
 from .logits import softmax
 from .registry import Registry
 
@@ -36,7 +36,8 @@ def measure(predictor, x: np.ndarray, y: np.ndarray, arrays: dict | None = None,
     and labels under `key`, so other estimates can be compared without the forward passes again."""
     probabilities = predictor.predict_arrays(x)
     untempered = adapted_view(predictor.model, x, 1.0)
-    adapted_probabilities = softmax(np.log(np.maximum(untempered, 1e-30)), predictor.temperature)  # one view: the same as at T
+    temperature = copy_temperature(predictor.calibration)
+    adapted_probabilities = softmax(np.log(np.maximum(untempered, 1e-30)), temperature)  # one view: the same as at T
     if arrays is not None:
         arrays.update({f"{key}/served": probabilities.astype(np.float32), f"{key}/adapted_t1": untempered.astype(np.float32),
                        f"{key}/labels": np.asarray(y, np.int8)})
@@ -93,6 +94,7 @@ def run(names, severities, count: int, source: str, out: Path, cifar10c: Path | 
     (out / "corruptions.json").write_text(json.dumps({"version": version.id, "images": count, "rows": rows}, indent=1))
     (out / "corruptions.md").write_text(table(rows))
     np.savez_compressed(out / "arrays.npz", temperature=predictor.temperature, tta_level=predictor.tta_level,
+                        copy_temperature=copy_temperature(predictor.calibration),
                         **{k.replace("/", "__"): v for k, v in arrays.items()})
     plot(rows, out / "corruptions.png")
     return rows

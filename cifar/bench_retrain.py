@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from . import CLASSES, config, corruptions, data, evaluate, serving
 from .learning.adapt import upload_probabilities
-from .learning.estimate import adapted_view, agreement, estimate_accuracy, transport
+from .learning.estimate import adapted_view, agreement, copy_temperature, estimate_accuracy, transport
 from .learning.pseudo_labels import pseudo_labels
 from .registry import Registry
 from .retrain_rules import RETRAIN
@@ -124,7 +124,8 @@ def estimation(predictor, x, y, when: str) -> dict:
     parts (ATC; the adapted copy's agreement; COT) so other rules can be scored on the same run."""
     probabilities = predictor.predict_arrays(x)
     true = float((probabilities.argmax(1) == y).mean())
-    adapted, threshold = adapted_view(predictor.model, x, predictor.temperature), predictor.calibration["atc_threshold"]
+    adapted = adapted_view(predictor.model, x, copy_temperature(predictor.calibration))
+    threshold = predictor.calibration["atc_threshold"]
     estimated = estimate_accuracy(probabilities, threshold, adapted,  # as estimate_served, keeping the parts
                                   predictor.calibration.get("reference_accuracy"))
     return {f"true_{when}": true, f"estimated_{when}": estimated, f"estimate_error_{when}": estimated - true,

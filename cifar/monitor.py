@@ -188,7 +188,7 @@ def measure_agreement(monitor: Monitor, predictor) -> bool:
     if unscored is None:
         return False
     ids, images, classes = unscored
-    adapted = estimate.adapted_view(predictor.model, images, predictor.temperature)
+    adapted = estimate.adapted_view(predictor.model, images, estimate.copy_temperature(predictor.calibration))
     monitor.score(ids, adapted[np.arange(len(ids)), classes])
     return True
 

@@ -1,4 +1,6 @@
 """The learning loop's numbers: calibrated confidences and accuracy estimated without labels."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -115,6 +117,20 @@ def test_confidence_optimal_transport_of_cases_worked_by_hand():
     # More images than it solves on, in a regular order (an evenly spaced pick would take only one kind).
     many = np.array([[0.8, 0.2], [0.3, 0.7]] * (estimate.TRANSPORT_MAX_IMAGES + 1))
     assert estimate.transport(many) == pytest.approx(0.75, abs=0.01)
+
+
+def test_the_adapted_copy_takes_its_single_view_temperature_scaled():
+    """The copy sees one view: its temperature is the version's level-0 calibration (times the
+    scale chosen on the held-out corruptions), wherever the served level's calibration comes from."""
+    scale = estimate.COPY_TEMPERATURE_SCALE
+    stored = {"tta_level": 2, "temperature": 0.52, "by_level": {"0": {"tta_level": 0, "temperature": 0.55},
+                                                                "1": {"tta_level": 1, "temperature": 0.53}}}
+    version = SimpleNamespace(id="v", calibration=stored)
+    for level in (2, 1, 0):  # served at 6 views, flip only, the image alone
+        served = calibration.for_version(version, level)
+        assert served["tta_level"] == level
+        assert estimate.copy_temperature(served) == pytest.approx(0.55 * scale)
+    assert estimate.copy_temperature({"tta_level": 1, "temperature": 0.53}) == pytest.approx(0.53 * scale)  # unknown
 
 
 def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):

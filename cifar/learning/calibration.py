@@ -84,8 +84,9 @@ def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -
     stored = version.calibration
     if stored.get("tta_level") == tta_level:
         return stored
-    if str(tta_level) in stored.get("by_level", {}):
-        return stored["by_level"][str(tta_level)]
+    if str(tta_level) in stored.get("by_level", {}):  # with level 0's temperature, for the adapted copy (estimate)
+        return {**stored["by_level"][str(tta_level)],
+                "single_view_temperature": stored["by_level"].get("0", stored)["temperature"]}
     cached = Path(cache_dir) / f"calibration-{version.id}-tta{tta_level}.json" if cache_dir else None
     if cached and cached.exists():
         return json.loads(cached.read_text())
