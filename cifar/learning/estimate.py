@@ -17,12 +17,15 @@ cost onto one-hot labels in the training mix (the ten classes equally); the cost
 class k is 1 - p_k, so the share left is the accuracy expected if the images hold that mix. Where the
 model answers one class for most images (noise, snow) it cannot be right on all of them, and COT says so.
 
-The estimate is the lower of the agreement and COT. Chosen on CIFAR-10-C's 4 held-out corruptions
-and clean images only (`python -m cifar bench-corruptions`, RESULTS.md), among ATC, agreement, COT and
-their combinations: off by 1.59 points on average and 2.88 at worst on the held-out 8 cells (agreement
-alone 1.90 and 3.12; the lower of ATC and agreement, used before 2026-12-02, 4.63 and 11.7); on the 15
-reported corruptions 2.65 on average, 8.28 at worst (agreement alone 2.86 and 9.86; JPEG and snow at
-severity 5, where the adapted copy shares the served model's errors). Measured on an AVX2-only EPYC.
+The estimate is the lower of the agreement and COT, the copy's probabilities at its single view's
+temperature times COPY_TEMPERATURE_SCALE. Chosen on CIFAR-10-C's 4 held-out corruptions and clean
+images only (`python -m cifar bench-corruptions`, RESULTS.md, session 18), among ATC, agreement, COT
+and their combinations, then the scale: off by 1.24 points on average and 2.92 at worst on the
+held-out 8 cells (agreement at the served temperature 1.90 and 3.12; the lower of ATC and agreement,
+used before 2026-12-02, 4.63 and 11.7); on the 15 reported corruptions 2.13 on average, 7.33 at worst
+(before: 2.86 and 9.86; JPEG and snow at severity 5, where the adapted copy shares the served model's
+errors). With the scale, COT is the lower in none of the 38 corruption cells: it stays as the guard
+for answers piled on one class (0.2 s for 1,000 images). Measured on an AVX2-only EPYC.
 
 Except where the images look like the training images: when ATC is within `FAMILIAR` of the
 held-out reference there is no shift for the adapted copy to correct, and its own assumption (the
