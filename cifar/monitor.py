@@ -6,7 +6,8 @@ The estimate is the one `cifar.learning.estimate` chose: the lower of the agreem
 the model adapted to the images and COT (over the window's probabilities). For the agreement the
 monitor keeps the last `SAMPLE` served images in memory (3 KB each, never written anywhere, gone at
 a restart or a model swap); `measure_agreement` scores them, at most once every
-`AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement. Until 200 predictions are
+`AGREEMENT_EVERY_S`, and each scored prediction keeps its agreement; COT is computed over the window
+at the same moment (a linear program, up to 0.8 s: not on each look). Until 200 predictions are
 scored, and while ATC's estimate (the share above its threshold) is within 5 points of the held-out
 reference, the estimate is ATC's.
 Thread-safe, bounded memory; recording one prediction costs a few microseconds."""
@@ -41,6 +42,7 @@ class Monitor:
         self._probabilities: deque = deque(maxlen=predictions)  # each row of _served's, for COT
         self._images: deque = deque(maxlen=min(SAMPLE, predictions))  # (id, image, served class)
         self._agreement: dict[int, float] = {}  # id -> the adapted copy's probability of the served class
+        self._transported: float | None = None  # COT over the window when it was last scored
         self._ids = itertools.count()
         self.scored_at = 0.0
 
@@ -73,6 +75,7 @@ class Monitor:
             self._probabilities.clear()
             self._images.clear()
             self._agreement.clear()
+            self._transported = None
 
     def unscored(self, reference: float | None = None) -> tuple[list[int], np.ndarray, np.ndarray] | None:
         """The kept images (ids, images, served classes) when enough of them are new since the last
@@ -88,8 +91,13 @@ class Monitor:
         return list(ids), np.stack(images), np.array(classes)
 
     def score(self, ids: list[int], agreement: np.ndarray) -> None:
-        """Store each prediction's agreement (rows that left the window meanwhile are skipped)."""
+        """Store each prediction's agreement (rows that left the window meanwhile are skipped), and
+        COT over the window as it is now."""
         with self._lock:
+            probabilities = np.array(self._probabilities)
+        transported = estimate.transport(probabilities) if len(probabilities) else None  # outside the lock
+        with self._lock:
+            self._transported = transported
             self._agreement.update(zip(ids, (float(a) for a in agreement)))
             window = {row[5] for row in self._served}
             self._agreement = {i: a for i, a in self._agreement.items() if i in window}
@@ -121,7 +129,7 @@ class Monitor:
         with self._lock:
             served = list(self._served)
             agreement = np.array([self._agreement.get(row[5], np.nan) for row in served], float)
-            probabilities = np.array(self._probabilities)
+            transported = self._transported
         n = len(served)
         times, latency, confidence, classes, above, _ = np.array(served, float).reshape(n, 6).T
         classes = classes.astype(int)
@@ -133,10 +141,9 @@ class Monitor:
         method = "agreement" if scored >= RETRAIN["adapt_min"] and not familiar else "atc"
         correct = agreement if method == "agreement" else above
         estimated = float(np.nanmean(correct)) if n and "atc_threshold" in reference else None
-        if method == "agreement" and estimated is not None:
-            transported = estimate.transport(probabilities)
-            if transported < estimated:  # COT is the lower: it is the estimate, each minute scaled to it
-                method, correct, estimated = "transport", correct * transported / estimated, transported
+        # COT is the lower: it is the estimate, each minute scaled to it.
+        if method == "agreement" and estimated is not None and transported is not None and transported < estimated:
+            method, correct, estimated = "transport", correct * transported / estimated, transported
         alert = bool(estimated is not None and expected is not None and n >= MIN_FOR_ALERT
                      and estimated < expected - ALERT_DROP)
         timeline = []

@@ -84,9 +84,10 @@ def for_version(version, tta_level: int, cache_dir=None, held_out_logits=None) -
     stored = version.calibration
     if stored.get("tta_level") == tta_level:
         return stored
-    if str(tta_level) in stored.get("by_level", {}):  # with level 0's temperature, for the adapted copy (estimate)
-        return {**stored["by_level"][str(tta_level)],
-                "single_view_temperature": stored["by_level"].get("0", stored)["temperature"]}
+    by_level = stored.get("by_level", {})
+    if str(tta_level) in by_level:  # with level 0's temperature where stored, for the adapted copy (estimate)
+        single = {"single_view_temperature": by_level["0"]["temperature"]} if "0" in by_level else {}
+        return {**by_level[str(tta_level)], **single}
     cached = Path(cache_dir) / f"calibration-{version.id}-tta{tta_level}.json" if cache_dir else None
     if cached and cached.exists():
         return json.loads(cached.read_text())

@@ -115,10 +115,9 @@ def looks_familiar(atc: float, reference: float | None) -> bool:
 def copy_temperature(calibration: dict) -> float:
     """The temperature of the adapted copy's probabilities: the version's single-view calibration
     (the copy sees one view) times COPY_TEMPERATURE_SCALE; the served one's where that is unknown."""
-    single = calibration.get("single_view_temperature")
-    if single is None:
-        single = (calibration["temperature"] if calibration.get("tta_level") == 0 else
-                  calibration.get("by_level", {}).get("0", {}).get("temperature", calibration.get("temperature", 1.0)))
+    single = calibration.get("single_view_temperature")  # handed with a lower level's (calibration.for_version)
+    if single is None:  # a stored calibration keeps the levels below its own in by_level
+        single = calibration.get("by_level", {}).get("0", {}).get("temperature", calibration.get("temperature", 1.0))
     return float(single) * COPY_TEMPERATURE_SCALE
 
 
