@@ -1,5 +1,8 @@
+import json
 import os
+import resource
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,56 @@ LONGEST_FIRST = ("test_promotion.py", "test_cli.py", "test_runtime.py", "test_br
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
+
+
+# Where the suite's time goes: the run is CPU-bound on 2 cores, so each file's CPU seconds (its
+# worker's and those of every process the file started and waited for: apps, retrains, Chromium)
+# are what to cut. Each worker writes its files' accounts; the summary prints the largest.
+CPU_ACCOUNTS = ARTIFACTS / "cpu-by-file"
+_account: dict = {}
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _close_account() -> None:
+    if _account:
+        name = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(CPU_ACCOUNTS / f"{name}.jsonl", "a") as out:
+            out.write(json.dumps({"file": _account["file"], "cpu_s": _cpu_seconds() - _account["cpu"],
+                                  "wall_s": time.time() - _account["wall"]}) + "\n")
+        _account.clear()
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers) starts afresh
+        for old in CPU_ACCOUNTS.glob("*.jsonl"):
+            old.unlink()
+    CPU_ACCOUNTS.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_runtest_protocol(item, nextitem):
+    name = item.nodeid.split("::")[0]
+    if _account.get("file") != name:   # a file's module fixtures are torn down before the next file starts
+        _close_account()
+        _account.update(file=name, cpu=_cpu_seconds(), wall=time.time())
+
+
+def pytest_sessionfinish(session):
+    _close_account()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):
+        return
+    rows = [json.loads(line) for path in CPU_ACCOUNTS.glob("*.jsonl") for line in path.read_text().splitlines()]
+    if rows:
+        rows.sort(key=lambda row: -row["cpu_s"])
+        terminalreporter.write_sep("=", f"CPU by file (the largest 20): {sum(r['cpu_s'] for r in rows):.0f} s in all")
+        for row in rows[:20]:
+            terminalreporter.write_line(f"{row['cpu_s']:7.1f} s CPU {row['wall_s']:7.1f} s wall  {row['file']}")
 
 
 @pytest.fixture(autouse=True)
