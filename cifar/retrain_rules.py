@@ -17,6 +17,9 @@ RETRAIN = {
     "seconds": 160,       # a whole retrain should end within 3 minutes on any CPU (20 s kept for a noisy
                           # machine): training gets what is left
     "min_train_seconds": 20,  # ...but never less than this
+    "hold_back": 0.2,     # of the unlabeled uploads, kept out of training to estimate the new version on
+                          # images it did not learn from (only where that is adapt_min or more; a new draw
+                          # each retrain, so the next one trains on them)
 }
 
 PROMOTION_TOLERANCE = 0.01   # a new version may be at most 1 point worse on the held-out images

@@ -159,6 +159,37 @@ def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test
     assert estimate.agreement(served, copy) < true_cars - 0.3                   # what the copy alone would say
 
 
+def test_a_fifth_of_the_unlabeled_uploads_is_held_back_where_that_is_200_or_more():
+    from cifar.learning import retrain
+
+    few = np.array([False] * 500 + [True] * 999)
+    assert not retrain.hold_back(few, seed=1).any()                   # a fifth is 199: too few to judge on
+    uploads = np.array([False] * 500 + [True] * 1000)
+    held = retrain.hold_back(uploads, seed=1)
+    assert held.sum() == 200 and not held[:500].any()                 # a person's labels always train
+    again = retrain.hold_back(uploads, seed=2)
+    assert again.sum() == 200 and (again != held).any()               # each retrain draws anew
+
+
+def test_after_a_retrain_the_estimate_is_judged_on_the_held_back_uploads(shipped, test_split):
+    """800 clean and 200 pixelated uploads, the pixelated ones held back: the estimate is of those
+    200 (far under the clean ones' 90%), and near their true accuracy."""
+    from cifar.learning import retrain
+
+    x, y = test_split
+    picks = data.balanced_subset(y, 100, seed=7)
+    uploads = x[picks].copy()
+    held_back = np.zeros(len(picks), bool)
+    held_back[::5] = True                                             # 20 of each class
+    uploads[held_back] = bench_retrain.apply_shift("pixelate", uploads[held_back], seed=0)
+    true = float((shipped.predict_arrays(uploads[held_back]).argmax(1) == y[picks][held_back]).mean())
+    after = retrain.estimate_after(shipped, uploads, held_back)
+    assert after["images"] == 200 and after["held_back"] and after["value"] < 0.75
+    assert abs(after["value"] - true) <= 0.1, (after, true)
+    everything = retrain.estimate_after(shipped, uploads, np.zeros(len(picks), bool))
+    assert everything["images"] == 1000 and not everything["held_back"] and everything["value"] > after["value"] + 0.1
+
+
 def test_monitor_alerts_when_the_field_estimate_drops():
     reference = {"atc_threshold": -0.2, "reference_accuracy": 0.9, "confidence_histogram": [0] * 19 + [10]}
     prior = {c: 0.1 for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
