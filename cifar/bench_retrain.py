@@ -197,7 +197,7 @@ def run(shifts: list[str], source, out: Path, field_count: int = 1000, eval_per_
             if variant == variants[0]:  # the accuracy estimate (no labels) on the uploads, before and after
                 row.update(estimation(shipped, shifted_field, y_field, "before"))
                 row.update(estimation(retrained, shifted_field, y_field, "after"))
-                if app_estimate.get("after_held_back") and app_estimate.get("after") is not None:
+                if row["held_back"] and app_estimate.get("after") is not None:
                     # The retrain's own, on the uploads it held back, against the truth on other
                     # images of the same shift (what "images like these" means).
                     row["estimated_after_held_back"] = app_estimate["after"]

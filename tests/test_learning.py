@@ -185,10 +185,9 @@ def test_after_a_retrain_the_estimate_is_judged_on_the_held_back_uploads(shipped
     uploads[held_back] = bench_retrain.apply_shift("pixelate", uploads[held_back], seed=0)
     true = float((shipped.predict_arrays(uploads[held_back]).argmax(1) == y[picks][held_back]).mean())
     after = retrain.estimate_after(shipped, uploads, held_back)
-    assert after["images"] == 200 and after["held_back"] and after["value"] < 0.75
-    assert abs(after["value"] - true) <= 0.1, (after, true)
+    assert after < 0.75 and abs(after - true) <= 0.1, (after, true)
     everything = retrain.estimate_after(shipped, uploads, np.zeros(len(picks), bool))
-    assert everything["images"] == 1000 and not everything["held_back"] and everything["value"] > after["value"] + 0.1
+    assert everything > after + 0.1                                   # judged on all 1,000, mostly clean
 
 
 def test_monitor_alerts_when_the_field_estimate_drops():

@@ -113,14 +113,14 @@ def hold_back(unlabeled: np.ndarray, seed: int) -> np.ndarray:
     return mask
 
 
-def estimate_after(candidate: Predictor, x_up: np.ndarray, held_back: np.ndarray) -> dict:
+def estimate_after(candidate: Predictor, x_up: np.ndarray, held_back: np.ndarray) -> float | None:
     """The new version's estimated accuracy on images like the uploads: judged on the held-back ones
     (its adapted copy's statistics taken from every upload: they need no labels), else on all of
     them, then optimistic (it learned from them)."""
-    judged = x_up[held_back] if held_back.any() else x_up
-    adapted = adapted_copy(candidate.model, x_up) if held_back.any() else None
-    return {"value": estimate_served(candidate, candidate.predict_arrays(judged), judged, adapted),
-            "images": len(judged), "held_back": bool(held_back.any())}
+    if not held_back.any():
+        return estimate_served(candidate, candidate.predict_arrays(x_up), x_up)
+    judged = x_up[held_back]
+    return estimate_served(candidate, candidate.predict_arrays(judged), judged, adapted_copy(candidate.model, x_up))
 
 
 def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, held_back: np.ndarray, adapted_parent,
@@ -141,11 +141,9 @@ def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, 
         candidate.use_runtime(staging)  # the estimates go through what will serve
         phases["conversion"], mark = time.time() - mark, time.time()
         report(0.9, "estimating accuracy on the uploads, before and after")
-        after_estimate = estimate_after(candidate, x_up, held_back)
-        metadata["estimated_accuracy_on_uploads"] = {
+        metadata["estimated_accuracy_on_uploads"] = {  # after: on the held-back uploads, if any (metadata's "held_back")
             "before": estimate_served(serving, serving.predict_arrays(x_up), x_up, adapted_parent),
-            "after": after_estimate["value"], "after_on": after_estimate["images"],
-            "after_held_back": after_estimate["held_back"]}
+            "after": estimate_after(candidate, x_up, held_back)}
         phases["estimates"], mark = time.time() - mark, time.time()
         metadata.update(eval_data=data.HOLDOUT_NAME, eval_count=after["count"])
         log.info("retrain trained in %.0f s; saving the new version", result.seconds)

@@ -46,17 +46,17 @@ def before_after_rows(result: dict) -> list[list]:
     before, after, estimated = result["before"], result["after"], result["estimated_on_uploads"]
     return [["held-out accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
             ["held-out macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)],
-            [estimate_label(result["uploads"], estimated),
+            [estimate_label(result["uploads"], result.get("held_back", 0)),
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
-def estimate_label(uploads: int, estimated: dict) -> str:
+def estimate_label(uploads: int, held_back: int) -> str:
     """What the estimate row measured: after a retrain that held uploads back, the new version on
-    those; else on every upload, where it is optimistic (by up to 25 points on CIFAR-10-C's blurs,
-    RESULTS.md: it learned from them)."""
-    if estimated.get("after_held_back"):  # still optimistic where its own guesses were often wrong (RESULTS.md)
+    those (still optimistic where its own guesses were often wrong); else on every upload, where it
+    is optimistic (by up to 25 points on CIFAR-10-C's blurs: it learned from them). RESULTS.md."""
+    if held_back:
         return (f"estimated accuracy on uploads like these (no labels; before: all {uploads:,}; after: the "
-                f"{estimated['after_on']:,} held back from training, optimistic where its guesses were often wrong)")
+                f"{held_back:,} held back from training, optimistic where its guesses were often wrong)")
     return f"estimated accuracy on the {uploads:,} uploads (no labels; after: optimistic, it learned from them)"
 
 
