@@ -34,7 +34,8 @@ def result_text(result: dict, threshold: float) -> str:
             f"{result['labeled']} labeled uploads ({result['reviewed']} reviewed by hand), "
             f"{result['pseudo_used']} of {result['pseudo_candidates']} "
             f"unlabeled ones pseudo-labeled at >= {threshold:.1%} confidence"
-            + (f", {result['held_back']:,} held back to judge it by." if result.get("held_back") else "."))
+            + (f", {result['held_back']:,} held back to judge it by." if result.get("held_back") else ".")
+            + " " + estimate_note(result["uploads"], result.get("held_back", 0)))
     run, planned = result.get("train_steps") or (0, 0)
     if run < planned:
         text += (f" Trained {run} of {planned} planned steps, the schedule fitted into the "
@@ -46,18 +47,20 @@ def before_after_rows(result: dict) -> list[list]:
     before, after, estimated = result["before"], result["after"], result["estimated_on_uploads"]
     return [["held-out accuracy", round(before["accuracy"], 4), round(after["accuracy"], 4)],
             ["held-out macro F1", round(before["macro"]["f1"], 4), round(after["macro"]["f1"], 4)],
-            [estimate_label(result["uploads"], result.get("held_back", 0)),
+            ["estimated accuracy on the uploads (no labels)",
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
-def estimate_label(uploads: int, held_back: int) -> str:
-    """What the estimate row measured: after a retrain that held uploads back, the new version on
-    those (still optimistic where its own guesses were often wrong); else on every upload, where it
-    is optimistic (by up to 25 points on CIFAR-10-C's blurs: it learned from them). RESULTS.md."""
+def estimate_note(uploads: int, held_back: int) -> str:
+    """What the table's estimate row measured (beside the table: in the row it hid the numbers).
+    After a retrain that held uploads back, the new version on those (still optimistic where its own
+    guesses were often wrong); else on every upload, where it is optimistic (by up to 25 points on
+    CIFAR-10-C's blurs: it learned from them). RESULTS.md."""
     if held_back:
-        return (f"estimated accuracy on uploads like these (no labels; before: all {uploads:,}; after: the "
-                f"{held_back:,} held back from training, optimistic where its guesses were often wrong)")
-    return f"estimated accuracy on the {uploads:,} uploads (no labels; after: optimistic, it learned from them)"
+        return (f"The estimated accuracy below is, before, on all {uploads:,} uploads and, after, on the {held_back:,} "
+                "held back from training: optimistic where its guesses were often wrong.")
+    return (f"The estimated accuracy below is on all {uploads:,} uploads; after, optimistic: the new version learned "
+            "from them.")
 
 
 def job_view(job: dict | None) -> tuple[str, list[list] | None]:
