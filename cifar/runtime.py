@@ -313,7 +313,8 @@ def load(folder: Path, keras_model: Callable, tta_level: int, cache_dir=None,
         return served
     if served:
         failed = served[1]["why"]
-    if cache_dir:  # int8 kernels differ between CPUs; a float model made here from Keras agrees with it
+    if cache_dir and sub == FOLDER:  # int8 kernels differ between CPUs; a float model made here from Keras
+        # agrees with it (made once, after the float model beside it failed too: not again inside that one's check)
         return _float_made_here(keras_model, Path(cache_dir) / f"runtime-float-{key}", level,
                                 keras_pass if answers is None else lambda: answers, failed)
     return None, {**status, "runtime": "keras", "why": failed}

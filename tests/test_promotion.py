@@ -100,14 +100,18 @@ def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile
         time.sleep(0.5)
 
 
-def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(client, hub, tmp_path):
-    x, y = data.load_npz(data.replay_path())
-    unused = np.setdiff1d(np.arange(len(y)), data.balanced_subset(y, 31, seed=1))[:1000]  # not uploaded before
-    wrong = (y[unused] + 1) % 10                    # every image labelled as the next class
-    summary = upload_labelled(client, x[unused], wrong, tmp_path / "wrong.zip")
-    assert "**1000 accepted**" in summary.replace(",", "")
+def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(client, hub, test_split, tmp_path):
+    x, y = test_split                               # test images the held-out set does not hold
+    held_out = {image.tobytes() for image in data.holdout()[0]}
+    rest = np.array([i for i in range(len(y)) if x[i].tobytes() not in held_out])
+    picks = rest[data.balanced_subset(y[rest], 200, seed=2)]
+    # Every one labelled "airplane": one epoch on 2,000 of them cost the shipped model 4.2 held-out
+    # points (1,000: 1.5; every image labelled as the next class cost less), measured on the AMX Xeon.
+    for n, part in enumerate((picks[:1000], picks[1000:])):   # 1,000 at most in one upload
+        summary = upload_labelled(client, x[part], np.zeros(len(part), int), tmp_path / f"wrong{n}.zip")
+        assert "**1000 accepted**" in summary.replace(",", ""), summary
     serving = current(client)
-    text, comparison, *_ = client.predict(0.98, 2, "", api_name="/retrain")  # as a person would, 2 epochs
+    text, comparison, *_ = client.predict(0.98, 1, "", api_name="/retrain")  # as a person would
     assert "Not promoted: held-out accuracy fell from" in text and f"{serving} stays current" in text, text
     before, after = {row[0]: row[1:] for row in comparison["data"]}["held-out accuracy"]
     assert after < before - 0.01, (before, after)      # more than the 1-point tolerance

@@ -13,7 +13,7 @@ from cifar import config, cpu, data, model as net, predict, registry, runtime, s
 def tiny_model():
     x, y = data.load_npz(data.replay_path())  # 3,000 training images the repository ships
     picks = data.balanced_subset(y, 100, seed=0)
-    return train.train_from_scratch(x[picks], y[picks], epochs=8, widths=(32, 64, 64), seed=0).model
+    return train.train_from_scratch(x[picks], y[picks], epochs=2, widths=(32, 64, 64), seed=0).model
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +105,18 @@ def test_the_shipped_version_serves_the_runtime_that_passed_here_and_agrees_with
 
 @needs_openvino
 def test_a_stricter_bar_at_start_replaces_a_stored_check_that_no_longer_passes(tmp_path, monkeypatch):
-    """The shipped int8 model agrees with Keras on 99.25% of the held-out images (its runtime.json);
-    asked for 99.9%, it fails at start even on the CPU it was checked on, and what serves instead
-    (a float model made here, or Keras) is the one whose own check passed, with the reason."""
+    """The shipped int8 model agrees with Keras on less than 99.9% of the held-out images (its
+    runtime.json); asked for 99.9%, it fails at start, then the float model beside it is checked,
+    then one made here, and what serves is the first whose own check passed (else Keras), with
+    each reason said once. At one view: the cheapest checks (6 views cost three times the CPU)."""
     version = _shipped_copy(tmp_path)
     stored = json.loads((version.path / runtime.FOLDER / "runtime.json").read_text())
     assert stored["precision"] == "int8" and stored["agreement"] < 0.999
     monkeypatch.setenv("CIFAR_MIN_AGREEMENT", "0.999")
-    served = serving.load_predictor(version, 2, cache_dir=tmp_path / "cache")
+    served = serving.load_predictor(version, 0, cache_dir=tmp_path / "cache")
     shown = runtime.describe(served.runtime)
     assert "the OpenVINO int8 model failed its check on this machine" in shown and "needs 99.9%" in shown
+    assert shown.count("no OpenVINO model passed the check") <= 1, shown  # a float made here: said once
     if isinstance(served.network, runtime.OpenVINONetwork):  # a float model that met the stricter bar itself
         assert served.network.precision == "float" and shown.startswith("OpenVINO float (")
         assert served.runtime["agreement"] >= 0.999
@@ -131,7 +133,7 @@ def test_where_int8_fails_its_check_the_float_model_kept_beside_it_serves_withou
     version = _shipped_copy(tmp_path)
     for suffix in (".xml", ".bin"):
         shutil.copy2(tiny_int8.with_suffix(suffix), version.path / runtime.FOLDER / f"model{suffix}")
-    level = 2  # the level whose Keras answers were stored on the AMX Xeon, where the float model passes too
+    level = 0  # one view: the cheapest check (the Keras answers of every level are stored with the version)
     served = serving.load_predictor(version, level, cache_dir=tmp_path / "cache")
     shown = runtime.describe(served.runtime)
     assert isinstance(served.network, runtime.OpenVINONetwork) and served.network.precision == "float"
