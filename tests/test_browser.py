@@ -4,18 +4,12 @@ shows (not only that it exists), and saves a screenshot of each tab (assets/scre
 the README's copies)."""
 import json
 import re
-import shutil
 import time
 
 import pytest
-from conftest import ARTIFACTS, ROOT, AppProcess
+from chromium import open_page, shot, wait_for_bars
+from conftest import ROOT, AppProcess
 from gradio_client import Client
-
-# Debian's chromium where installed (tests/run.sh installs it as root); else Playwright's own.
-CHROMIUM = shutil.which("chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-BAR = "#all-classes svg path[aria-roledescription='bar']"
 
 
 @pytest.fixture(scope="module")
@@ -30,43 +24,8 @@ def browser_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(browser_app):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        except Exception as exc:  # neither browser: say how to get one
-            pytest.fail(f"no headless Chromium ({exc.__class__.__name__}): run bash tests/run.sh, which installs "
-                        "Debian's chromium as root, or `python -m playwright install chromium`")
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(browser_app.url, wait_until="load")
-        page.get_by_role("tab", name="Predict").wait_for(timeout=60_000)
+    with open_page(browser_app.url) as page:
         yield page
-        browser.close()
-
-
-def bar_values(page) -> dict[str, float]:
-    """The bar chart's data as the page draws it: each bar's aria-label holds class and value."""
-    values = {}
-    for label in page.locator(BAR).evaluate_all("bars => bars.map(b => b.getAttribute('aria-label'))"):
-        match = re.match(r"class: (\w+); confidence: ([\d.e-]+)", label or "")
-        if match:
-            values[match.group(1)] = float(match.group(2))
-    return values
-
-
-def wait_for_bars(page, top: str) -> dict[str, float]:
-    """The ten bars once drawn with `top` the tallest (its confidence depends on how many test-time
-    views served it: fewer on a busy CPU)."""
-    page.wait_for_function(
-        f"""() => {{
-            const bars = [...document.querySelectorAll("{BAR}")]
-                .map(b => /class: (\\w+); confidence: ([\\d.e-]+)/.exec(b.getAttribute('aria-label') || ''))
-                .filter(Boolean);
-            return bars.length === 10 && bars.every(b => b[1] === '{top}' || +b[2] < +bars.find(t => t[1] === '{top}')?.[2]);
-        }}""", timeout=60_000)
-    return bar_values(page)
 
 
 def choose_example(page, n: int) -> None:
@@ -83,10 +42,6 @@ def choose_example(page, n: int) -> None:
         except PlaywrightTimeout:
             continue
     raise AssertionError(f"example {n} never showed in the input")
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_classify_an_example_draws_ten_bars(page):
@@ -224,27 +179,3 @@ def test_review_three_by_click_and_one_by_key(page, tmp_path):
     assert "marked as none of the ten classes" in page.locator("#review-message").inner_text()
     assert shown() != skipped                               # the skipped one is not asked again at once
     shot(page, "review")
-
-
-def test_retrain_tab_follows_a_job_started_elsewhere_through_a_reload(page):
-    """A retrain started through the API shows in the tab of a page opened later, with its progress,
-    and then its verdict and new version, without a click (the tab follows the job's state)."""
-    from gradio_client import Client
-
-    app_url = page.url.split("?")[0]
-    job = Client(app_url, verbose=False).predict(0.98, 1, "", api_name="/retrain_start")
-    page.reload(wait_until="load")
-    page.get_by_role("tab", name="Retrain").click()
-    status = page.locator("#retrain-status")
-    page.wait_for_function(f"() => document.getElementById('retrain-status').innerText.includes('{job['id']}')"
-                           " || /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
-                           timeout=60_000)
-    if "Retraining" in status.inner_text():   # caught while it ran (it usually is): progress in words
-        assert re.search(r"Retraining \(\d+%\)", status.inner_text())
-    # A retrain at 6 views: under 2 minutes on an AMX Xeon, over 6 on a 2-core AVX2-only EPYC beside the suite.
-    page.wait_for_function("() => /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
-                           timeout=1_200_000)
-    version = re.search(r"New version (\d{8}T\d{6}Z-retrain)", status.inner_text()).group(1)
-    page.wait_for_function(f"() => document.body.innerText.includes('{version}')", timeout=30_000)
-    assert "held-out accuracy" in page.locator("body").inner_text()   # the before/after table
-    shot(page, "retrain_job")

@@ -15,10 +15,10 @@ import time
 import httpx
 import huggingface_hub.constants as hub_constants
 import pytest
+from chromium import open_page, wait_for_bars
 from conftest import ROOT
 from gradio_client import Client, handle_file
 from hub_server import HubServer
-from test_browser import ARGS, CHROMIUM, wait_for_bars
 from test_state_sync import app_state, some_images
 
 from cifar import retrain_claim
@@ -70,20 +70,11 @@ def test_each_client_sticks_to_one_replica_and_new_clients_are_spread(cluster):
 
 
 def test_the_browser_works_through_the_balancer(cluster):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(cluster.url, wait_until="load")
-            page.get_by_role("tab", name="Predict").wait_for(timeout=60_000)
-            page.locator("input[type='file']").first.set_input_files(EXAMPLE)  # an upload classifies it
-            values = wait_for_bars(page, "cat")
-            assert len(values) == 10 and max(values, key=values.get) == "cat"
-            assert {c["name"]: c["value"] for c in page.context.cookies()}["CIFAR_REPLICA"] in ("replica-1", "replica-2")
-        finally:
-            browser.close()
+    with open_page(cluster.url) as page:
+        page.locator("input[type='file']").first.set_input_files(EXAMPLE)  # an upload classifies it
+        values = wait_for_bars(page, "cat")
+        assert len(values) == 10 and max(values, key=values.get) == "cat"
+        assert {c["name"]: c["value"] for c in page.context.cookies()}["CIFAR_REPLICA"] in ("replica-1", "replica-2")
 
 
 # gradio_client keeps the balancer's cookie of its first answer: a user moved to the survivor while a

@@ -1,15 +1,18 @@
 """The promotion rule, both ways, on an app of its own, through the API and the versions table: a
 retrain on rightly labelled uploads is promoted and serves; one on uploads labelled wrongly on
-purpose is turned down, and the version that served goes on serving. The one-retrain-at-a-time
-lock is checked while the first retrain runs (no retrain of its own). The app pushes to a local Hub:
-every new version automatically, any other through /push."""
+purpose is turned down, and the version that served goes on serving. While the first retrain runs,
+the one-retrain-at-a-time lock refuses a second, and a browser page opened meanwhile follows it in
+the Retrain tab (no retrain of their own). The app pushes to a local Hub: every new version
+automatically, any other through /push."""
 import io
+import re
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import open_page, shot
 from conftest import AppProcess
 from gradio_client import Client, handle_file
 from hub_server import HubServer
@@ -64,21 +67,56 @@ def current(client) -> str:
     return [row[0] for row in client.predict(api_name="/versions")["data"] if row[1] == "yes"][0]
 
 
-def test_a_retrain_on_right_labels_is_promoted_pushed_and_a_second_one_meanwhile_refused(client, hub, tmp_path):
+@pytest.fixture(scope="module")
+def right_retrain(client, tmp_path_factory) -> dict:
+    """One retrain on rightly labelled uploads, started through the API: the next three tests read
+    it while it runs (the lock, a page following it) and once it has ended (its verdict)."""
     x, y = data.load_npz(data.replay_path())        # training images the repository ships, right labels
     picks = data.balanced_subset(y, 31, seed=1)                        # 300 labelled, 10 not
     labels = np.where(np.arange(len(picks)) % 31 == 0, -1, y[picks])
-    summary = upload_labelled(client, x[picks], labels, tmp_path / "right.zip")
-    assert "**310 accepted** (300 labeled, 10 unlabeled)" in summary, summary
+    summary = upload_labelled(client, x[picks], labels, tmp_path_factory.mktemp("right") / "right.zip")
     queue = client.predict(3, "", "", api_name="/review_queue")      # a person labels two unlabeled ones
     client.predict(queue[0]["id"], queue[0]["guess"], "", api_name="/label")
     client.predict(queue[1]["id"], "none", "", api_name="/label")       # not one of the ten: left out
     before = current(client)
-    job = client.predict(0.98, 1, "", api_name="/retrain_start")
+    return {"summary": summary, "before": before, "job": client.predict(0.98, 1, "", api_name="/retrain_start")}
+
+
+def test_while_a_retrain_runs_a_second_one_is_refused_naming_it(client, right_retrain):
+    assert "**310 accepted** (300 labeled, 10 unlabeled)" in right_retrain["summary"], right_retrain["summary"]
+    job = right_retrain["job"]
     with pytest.raises(Exception, match=f"already running .*job {job['id']}"):
         client.predict(0.98, 1, "", api_name="/retrain")
     with pytest.raises(Exception, match="already running"):
         client.predict(0.98, 1, "", api_name="/retrain_start")
+    assert client.predict(job["id"], api_name="/retrain_status")["state"] in ("queued", "running")
+
+
+def test_the_retrain_tab_of_a_page_opened_meanwhile_follows_the_job_to_its_verdict(client, right_retrain):
+    """A page opened while a retrain started elsewhere runs shows it in the Retrain tab, through a
+    reload, with its progress, then its verdict and new version, without a click."""
+    job = right_retrain["job"]
+    with open_page(client.src) as page:
+        page.reload(wait_until="load")
+        page.get_by_role("tab", name="Retrain").click()
+        status = page.locator("#retrain-status")
+        page.wait_for_function(f"() => document.getElementById('retrain-status').innerText.includes('{job['id']}')"
+                               " || /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
+                               timeout=60_000)
+        if "Retraining" in status.inner_text():   # caught while it ran (it usually is): progress in words
+            assert re.search(r"Retraining \(\d+%\)", status.inner_text())
+        # 1 minute on an AMX Xeon beside the suite; several on a 2-core AVX2-only EPYC.
+        page.wait_for_function("() => /Promoted|Not promoted/.test(document.getElementById('retrain-status').innerText)",
+                               timeout=1_200_000)
+        version = re.search(r"New version (\d{8}T\d{6}Z-retrain)", status.inner_text()).group(1)
+        page.wait_for_function(f"() => document.body.innerText.includes('{version}')", timeout=30_000)
+        assert "held-out accuracy" in page.locator("body").inner_text()   # the before/after table
+        shot(page, "retrain_job")
+    assert client.predict(job["id"], api_name="/retrain_status")["result"]["version"] == version
+
+
+def test_the_retrain_on_right_labels_is_promoted_serves_and_is_pushed(client, hub, right_retrain):
+    job, before = right_retrain["job"], right_retrain["before"]
     deadline = time.time() + 1800  # 2 minutes on an AMX Xeon, 8 on a 2-core AVX2-only EPYC beside the suite
     while (status := client.predict(job["id"], api_name="/retrain_status"))["state"] in ("queued", "running"):
         assert time.time() < deadline, status
