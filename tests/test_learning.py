@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import outside_holdout
 
 from cifar import bench_retrain, config, data, evaluate, predict, serving, train
 from cifar.learning import calibration, estimate
@@ -135,8 +136,7 @@ def test_the_adapted_copy_takes_its_single_view_temperature_scaled():
 
 def test_estimate_of_the_shipped_model_on_clean_and_shifted_images(shipped, test_split):
     x, y = test_split
-    held = {bytes(row) for row in data.holdout()[0].reshape(2000, -1)}
-    candidates = np.array([i for i in range(len(y)) if bytes(x[i].reshape(-1)) not in held])
+    candidates = outside_holdout(x)
     outside = candidates[data.balanced_subset(y[candidates], 100, seed=5)]   # 1,000, class-balanced
     clean = shipped.predict_arrays(x[outside])
     true_clean = float((clean.argmax(1) == y[outside]).mean())
