@@ -105,11 +105,13 @@ def cmd_calibrate(args) -> None:
 
 def cmd_convert(args) -> None:
     """Make (or remake) the serving runtime's checked OpenVINO model of a version folder."""
-    from . import model as net, runtime
+    from . import runtime
 
     version = Version.at(args.model)
     if (version.path / runtime.FOLDER / "runtime.json").exists() and not args.force:
         sys.exit(f"error: {version.path} already has {runtime.FOLDER}/; versions are immutable (--force remakes it)")
+    from . import model as net  # Keras (seconds to import): only once there is something to convert
+
     report = runtime.build(net.load(version.model_path), version.path, args.tta)
     print(f"{version.id}: {runtime.describe(report)}")
     for precision, result in report.get("tried", {}).items():
