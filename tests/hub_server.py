@@ -5,7 +5,8 @@ memory: `repos["ns/name"]` for a model, `repos["datasets/ns/name"]` for a datase
 
 As the Hub does: a commit whose `parentCommit` is no longer the head of main gets 412; an existing
 tag or repo 409. `HubServer(token=...)` checks `Authorization: Bearer <token>`; `fail_uploads = N`
-makes the next N LFS uploads drop the connection, as a server dying mid-push would; `outage =
+makes the next N LFS uploads drop the connection, as a server dying mid-push would (the client
+retries those), `fail_commits = N` the next N commits once their body is read (not retried); `outage =
 (status, retry_after)` answers every request so (503, 429 with Retry-After) until set to None.
 """
 import base64
@@ -41,6 +42,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.fail_uploads = 0
+        self.fail_commits = 0
         self.commit_received = threading.Event()  # set by each commit request, as it arrives
         self.commit_delay_s = 0.0                  # a slow Hub: each commit answers after this long
         self.outage: tuple[int, int] | None = None
@@ -142,6 +144,9 @@ def _handler(hub: HubServer):
                     return self._send(200, {"files": [
                         {"path": f["path"], "uploadMode": _mode(f), "shouldIgnore": False} for f in files]})
                 if action == "commit":
+                    if hub.fail_commits > 0:
+                        hub.fail_commits -= 1
+                        return self._die()
                     return self._commit(repo, f"{parts[2]}/{parts[3]}", body)
                 if action == "tag":
                     spec = json.loads(body)
@@ -176,9 +181,7 @@ def _handler(hub: HubServer):
             if path.startswith("/lfs-upload/"):
                 if hub.fail_uploads > 0:
                     hub.fail_uploads -= 1
-                    self.close_connection = True
-                    self.connection.close()  # the server "dies": no answer at all
-                    return
+                    return self._die()
                 data = self._body()
                 oid = path.rsplit("/", 1)[1]
                 if hashlib.sha256(data).hexdigest() != oid:
@@ -186,6 +189,11 @@ def _handler(hub: HubServer):
                 hub.lfs[oid] = data
                 return self._send(200, {})
             self._error(404, "NotFound", f"no route PUT {path}")
+
+        def _die(self) -> None:
+            """The server "dies" on this request: the connection drops, no answer at all."""
+            self.close_connection = True
+            self.connection.close()
 
         def _commit(self, repo: Repo, repo_id: str, body: bytes):
             hub.commit_received.set()

@@ -78,14 +78,17 @@ def test_server_dying_mid_push_loses_nothing_and_retry_succeeds(hub, two_version
 
     _reg, (old, _) = two_versions
     before = {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
-    hub.fail_uploads = 100  # every LFS upload drops the connection
+    # One file's upload drops the connection (the client retries it), then the server dies on the
+    # commit, every file already with it (a commit is not retried).
+    hub.fail_uploads, hub.fail_commits = 1, 1
     with pytest.raises(cifar_hub.HubError):
         cifar_hub.push(old)
+    assert hub.fail_uploads == 0 and hub.fail_commits == 0     # it got that far
     assert {p: p.read_bytes() for p in old.path.rglob("*") if p.is_file()} == before
-    assert old.id not in cifar_hub.tags()
-    hub.fail_uploads = 0
+    assert old.id not in cifar_hub.tags() and not hub.repos["cifar-team/cifar10-classifier"].commits
     commit = cifar_hub.push(old)
     assert cifar_hub.tags() == [old.id] and len(commit) == 40
+    assert "model.keras" in hub.repos["cifar-team/cifar10-classifier"].resolve(old.id)["files"]
 
 
 def test_missing_tag(hub, two_versions, tmp_path):
