@@ -110,9 +110,20 @@ def test_the_retrain_tab_of_a_page_opened_meanwhile_follows_the_job_to_its_verdi
                                timeout=1_200_000)
         version = re.search(r"New version (\d{8}T\d{6}Z-retrain)", status.inner_text()).group(1)
         page.wait_for_function(f"() => document.body.innerText.includes('{version}')", timeout=30_000)
-        assert "held-out accuracy" in page.locator("body").inner_text()   # the before/after table
+        result = client.predict(job["id"], api_name="/retrain_status")["result"]
+        assert result["version"] == version
+        # The before/after table: accuracies in percent, F1 as a fraction (the API's rows stay numbers).
+        table = page.locator("#retrain-before-after")
+        page.wait_for_function("() => document.getElementById('retrain-before-after').innerText.includes('%')",
+                               timeout=30_000)
+        shown = table.inner_text()
+        for value in (f"{result['before']['accuracy']:.2%}", f"{result['after']['accuracy']:.2%}",
+                      f"{result['after']['macro']['f1']:.4f}"):
+            assert value in shown, (value, shown)
+        assert f"{result['after']['accuracy']:.4f}" not in shown, shown    # not the raw fraction
+        cells = page.locator("#versions-table").inner_text().split(version, 1)[1].split()[:6]  # its row's next cells
+        assert f"{result['after']['accuracy']:.2%}" in cells, cells          # its accuracy, in percent
         shot(page, "retrain_job")
-    assert client.predict(job["id"], api_name="/retrain_status")["result"]["version"] == version
 
 
 def test_the_retrain_on_right_labels_is_promoted_serves_and_is_pushed(client, hub, right_retrain):

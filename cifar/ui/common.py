@@ -3,6 +3,8 @@ cache of drawn plots."""
 import functools
 
 import gradio as gr
+import pandas as pd
+from pandas.io.formats.style import Styler
 
 from .. import config, evaluate
 from ..service import Service, UserError
@@ -21,7 +23,18 @@ def shown(fn):
     return wrapper
 
 
-def versions_table(service: Service) -> list[list]:
+def as_percent(frame: pd.DataFrame, columns: list[str], rows: list[int] | None = None) -> Styler:
+    """`frame` as a Dataframe shows it, with `columns` (in `rows`, else every row) in percent ("90.35%",
+    not "0.9035"; "100.00%", not "1"). Gradio shows a Styler's formatted values; API callers still
+    get the numbers."""
+    where = pd.IndexSlice[rows if rows is not None else slice(None), columns]
+    return frame.style.hide(axis="index").format(str, na_rep="").format("{:.2%}", subset=where, na_rep="-")
+
+
+VERSION_COLUMNS = ["version", "current", "kind", "parent", "accuracy", "evaluated on", "train s"]
+
+
+def versions_table(service: Service) -> Styler:
     """One row a version, newest first: id, current, kind, parent, accuracy, images, train s."""
     current = service.registry.current().id
     rows = []
@@ -31,7 +44,7 @@ def versions_table(service: Service) -> list[list]:
         rows.append([version.id, "yes" if version.id == current else "", meta.get("kind", ""),
                      meta.get("parent") or "", round(accuracy, 4) if accuracy is not None else None,
                      metrics.get("count"), meta.get("train_seconds")])
-    return rows
+    return as_percent(pd.DataFrame(rows, columns=VERSION_COLUMNS, dtype=object), ["accuracy"])
 
 
 def version_choices(service: Service) -> list[str]:

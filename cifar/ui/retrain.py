@@ -4,13 +4,15 @@ from typing import NamedTuple
 
 import fastapi
 import gradio as gr
+import pandas as pd
+from pandas.io.formats.style import Styler
 
 from .. import config
 from ..jobs import ACTIVE
 from ..retrain_rules import PROMOTION_RULE, RETRAIN
 from ..service import Service, UserError
 from . import versions as versions_panel
-from .common import shown, versions_update
+from .common import as_percent, shown, versions_update
 
 FOLLOW_S = 2  # how often the tab reads a running job's state
 
@@ -51,6 +53,16 @@ def before_after_rows(result: dict) -> list[list]:
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
+ACCURACY_ROWS, F1_ROWS = [0, 2], [1]  # of before_after_rows
+
+
+def before_after_table(result: dict) -> Styler:
+    """The rows as the tab shows them: accuracies in percent, F1 as a fraction (API callers: numbers)."""
+    frame = pd.DataFrame(before_after_rows(result), columns=["metric", "before", "after"], dtype=object)  # None stays None
+    numbers = ["before", "after"]
+    return as_percent(frame, numbers, ACCURACY_ROWS).format("{:.4f}", subset=pd.IndexSlice[F1_ROWS, numbers], na_rep="-")
+
+
 def estimate_note(uploads: int, held_back: int) -> str:
     """What the table's estimate row measured (beside the table: in the row it hid the numbers).
     After a retrain that held uploads back, the new version on those (still optimistic where its own
@@ -63,7 +75,7 @@ def estimate_note(uploads: int, held_back: int) -> str:
             "from them.")
 
 
-def job_view(job: dict | None) -> tuple[str, list[list] | None]:
+def job_view(job: dict | None) -> tuple[str, Styler | None]:
     """A retrain job as the tab shows it: its state in words, and the before/after rows once done."""
     if job is None:
         return "No retrain has run yet.", None
@@ -72,7 +84,7 @@ def job_view(job: dict | None) -> tuple[str, list[list] | None]:
         return (f"### Retraining ({job['progress']:.0%}): {job['phase']}\nJob `{job['id']}`, started {started} UTC. "
                 "Predictions are served meanwhile; this page follows the job (a reload shows it too)."), None
     if job["state"] == "done":
-        return result_text(job["result"], job["params"]["threshold"]), before_after_rows(job["result"])
+        return result_text(job["result"], job["params"]["threshold"]), before_after_table(job["result"])
     title = "Retrain interrupted" if job["state"] == "interrupted" else "Retrain failed"
     return f"### {title}\n{job['error']}\n\nJob `{job['id']}`, started {started} UTC.", None
 
@@ -92,7 +104,8 @@ def tab(service: Service) -> Tab:
         button = gr.Button("Retrain on uploads", variant="primary")
         api_button = gr.Button(visible=False)
         summary = gr.Markdown(label="Result", elem_id="retrain-status")
-        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Before and after")
+        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Before and after",
+                                    elem_id="retrain-before-after")
         follow = gr.Timer(FOLLOW_S, active=False)
         versions = versions_panel.panel(service)
     return Tab(threshold, epochs, admin_key, button, api_button, summary, before_after, follow, versions)
@@ -131,7 +144,7 @@ def wire(service: Service, view: Tab, metrics_picker: gr.Dropdown) -> tuple:
         job = service.wait_for_retrain(job["id"], report=lambda f, m: progress(f, desc=m))
         if job["state"] != "done":
             raise gr.Error(job["error"], print_exception=False)
-        return (result_text(job["result"], threshold), before_after_rows(job["result"]), *versions_update(service))
+        return (result_text(job["result"], threshold), before_after_table(job["result"]), *versions_update(service))
 
     @shown
     def retrain_start(threshold: float = RETRAIN["threshold"], epochs: int = RETRAIN["epochs"],

@@ -4,9 +4,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from ..service import Service
-from .common import shown, version_choices, versions_table, versions_update
-
-HEADERS = ["version", "current", "kind", "parent", "accuracy", "evaluated on", "train s"]
+from .common import VERSION_COLUMNS, shown, version_choices, versions_table, versions_update
 
 
 class Panel(NamedTuple):
@@ -19,7 +17,7 @@ class Panel(NamedTuple):
 
 
 def panel(service: Service) -> Panel:
-    table = gr.Dataframe(versions_table(service), headers=HEADERS, label="Versions")
+    table = gr.Dataframe(versions_table(service), headers=VERSION_COLUMNS, label="Versions", elem_id="versions-table")
     with gr.Row():
         picker = gr.Dropdown(version_choices(service), label="Version", allow_custom_value=True)
         rollback = gr.Button("Roll back / make current")
@@ -44,7 +42,7 @@ def wire(service: Service, versions: Panel, admin_key: gr.Textbox, metrics_picke
     versions.rollback.click(rollback, [versions.picker, admin_key],
                             [versions.message, versions.table, versions.picker, metrics_picker], api_name="rollback")
     versions.push.click(push, [versions.picker, admin_key], versions.message, api_name="push")
-    def list_versions() -> list[list]:
+    def list_versions():
         """Every version, newest first: id, current, kind, parent, accuracy, images evaluated on, train s."""
         return versions_table(service)
 
