@@ -156,6 +156,8 @@ def test_checks_recorded_with_a_version_for_another_cpu_let_it_start_without_one
         assert served.network.precision == expected and served._model is None
         assert served.runtime["why"] == "checked on this CPU (recorded with the version)"
     assert not (tmp_path / "cache").exists()  # no check run, nothing cached
+
+
 @needs_openvino
 def test_a_broken_artifact_is_caught_and_replaced_with_the_reason_shown(tmp_path, monkeypatch, tiny_int8):
     """A version's int8 model that gives wrong answers on this machine (here: another network's; in

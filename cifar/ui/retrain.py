@@ -53,13 +53,14 @@ def before_after_rows(result: dict) -> list[list]:
              estimated["before"] and round(estimated["before"], 4), estimated["after"] and round(estimated["after"], 4)]]
 
 
+BEFORE_AFTER_COLUMNS = ["metric", "before", "after"]
 ACCURACY_ROWS, F1_ROWS = [0, 2], [1]  # of before_after_rows
 
 
 def before_after_table(result: dict) -> Styler:
     """The rows as the tab shows them: accuracies in percent, F1 as a fraction (API callers: numbers)."""
-    frame = pd.DataFrame(before_after_rows(result), columns=["metric", "before", "after"], dtype=object)  # None stays None
-    numbers = ["before", "after"]
+    frame = pd.DataFrame(before_after_rows(result), columns=BEFORE_AFTER_COLUMNS, dtype=object)  # None stays None
+    numbers = BEFORE_AFTER_COLUMNS[1:]
     return as_percent(frame, numbers, ACCURACY_ROWS).format("{:.4f}", subset=pd.IndexSlice[F1_ROWS, numbers], na_rep="-")
 
 
@@ -104,7 +105,7 @@ def tab(service: Service) -> Tab:
         button = gr.Button("Retrain on uploads", variant="primary")
         api_button = gr.Button(visible=False)
         summary = gr.Markdown(label="Result", elem_id="retrain-status")
-        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Before and after",
+        before_after = gr.Dataframe(headers=BEFORE_AFTER_COLUMNS, label="Before and after",
                                     elem_id="retrain-before-after")
         follow = gr.Timer(FOLLOW_S, active=False)
         versions = versions_panel.panel(service)
