@@ -24,6 +24,9 @@ COPY --chown=user assets ./assets
 COPY --chown=user models ./models
 
 USER 1000
+# OpenVINO and NNCF send usage events to Google Analytics by default each time a model is converted
+# (every new version), forking the process for each; the app calls nobody home. Their documented opt-out.
+RUN opt_in_out --opt_out
 EXPOSE 7860
 VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 export GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 
 python3 -m pip install -q -r requirements.txt -r tests/requirements.txt
+# OpenVINO's and NNCF's usage events off (their documented opt-out, as the Dockerfile does): each
+# conversion otherwise forks the test's process a dozen times to send them, offline or not.
+opt_in_out --opt_out >/dev/null
 
 # Debian's packages the tests use: chromium (the browser), haproxy (the replicas' balancer), and
 # the libraries OpenCV needs.
