@@ -1,12 +1,9 @@
 """Metrics (scikit-learn) and plots (matplotlib) of a model version."""
+import functools
 import io
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers
-import matplotlib.pyplot as plt
 import numpy as np
 
 from . import CLASSES
@@ -83,9 +80,21 @@ def format_table(metrics: dict) -> str:
 
 # --- plots: each returns a matplotlib Figure; save_png writes one --------------------------
 
+@functools.cache
+def _pyplot():
+    """matplotlib's pyplot, headless (no display on servers). Imported at the first plot, not with
+    this module: 0.2 s of every app's start, and an app draws nothing until a page asks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_confusion(metrics: dict, title: str = "Confusion matrix"):
     matrix = np.asarray(metrics["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 5.6))
     image = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASSES)), CLASSES)
@@ -100,7 +109,7 @@ def plot_confusion(metrics: dict, title: str = "Confusion matrix"):
 
 
 def plot_per_class(metrics: dict, title: str = "Per-class scores"):
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig, ax = _pyplot().subplots(figsize=(7.5, 3.6))
     positions = np.arange(len(CLASSES))
     for offset, key in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
         ax.bar(positions + offset, [metrics["per_class"][c][key] for c in CLASSES], 0.27, label=key)
@@ -112,7 +121,7 @@ def plot_per_class(metrics: dict, title: str = "Per-class scores"):
 
 
 def plot_history(history: dict, title: str = "Training curves"):
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (loss_ax, acc_ax) = _pyplot().subplots(1, 2, figsize=(8, 3.2))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
         if history.get(key):
@@ -128,7 +137,7 @@ def plot_history(history: dict, title: str = "Training curves"):
 def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class distribution", shares: bool = False):
     """`counts` maps a series name (e.g. "training", "uploads") to {class: count}; `shares`
     draws each series as fractions of its total, so sets of different sizes compare."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = _pyplot().subplots(figsize=(7.5, 3.4))
     positions = np.arange(len(CLASSES))
     width = 0.8 / max(1, len(counts))
     for i, (series, per_class) in enumerate(counts.items()):
@@ -144,7 +153,7 @@ def plot_distribution(counts: dict[str, dict[str, int]], title: str = "Class dis
 
 
 def plot_confidences(histogram: list[int], title: str = "Prediction confidence"):
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _pyplot().subplots(figsize=(6, 3))
     edges = np.linspace(0, 1, len(histogram) + 1)
     ax.bar(edges[:-1], histogram, width=edges[1] - edges[0], align="edge", edgecolor="white")
     ax.set_xlabel("top-class probability"), ax.set_ylabel("images"), ax.set_title(title)
@@ -155,7 +164,7 @@ def plot_confidences(histogram: list[int], title: str = "Prediction confidence")
 def plot_reliability(calibrations: dict[str, dict]):
     """Reliability diagrams side by side, one per version: accuracy against confidence in each
     bin of held-out images (the diagonal is perfect calibration), bar width by bin share."""
-    fig, axes = plt.subplots(1, len(calibrations), figsize=(4.2 * len(calibrations), 3.8), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(calibrations), figsize=(4.2 * len(calibrations), 3.8), squeeze=False)
     for ax, (name, calib) in zip(axes[0], calibrations.items()):
         bins = calib["reliability"]
         edges = np.linspace(0, 1, len(bins["counts"]) + 1)
@@ -174,12 +183,12 @@ def plot_reliability(calibrations: dict[str, dict]):
 
 def save_png(fig, path: Path) -> Path:
     fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()

@@ -84,8 +84,12 @@ CALL_TIMEOUT_S = 20
 
 
 class Predicting:
-    """Four gradio_client users predicting through the balancer until stopped; what each call
-    answered, or how it failed, is kept."""
+    """Four gradio_client users predicting through the balancer until stopped, each pausing
+    THINK_S between calls (users, not a benchmark: loadtest/cluster.py measures the rate; unpaced,
+    they took the cores from a replica restarting beside them); what each call answered, or how it
+    failed, is kept."""
+
+    THINK_S = 0.1
 
     def __init__(self, cluster: Cluster, users: int = 4):
         self.answers, self.failures, self._stop = [], [], threading.Event()
@@ -100,6 +104,7 @@ class Predicting:
                 self.answers.append(job.result(timeout=CALL_TIMEOUT_S)[0]["label"])
             except Exception as exc:  # counted, not raised: the test says how many may fail
                 self.failures.append(repr(exc))
+            self._stop.wait(self.THINK_S)
 
     def wait_for(self, more: int) -> None:
         """Until `more` further answers have come."""
@@ -163,7 +168,7 @@ def test_a_retrain_claimed_by_another_replica_is_refused_with_who_and_since(clus
 
 def test_locust_distributed_through_the_balancer_reports_each_replica(cluster, tmp_path):
     run = subprocess.run([sys.executable, "loadtest/run.py", "--host", cluster.url, "--users", "8", "--spawn-rate", "8",
-                          "--duration", "8s", "--processes", "2", "--out", str(tmp_path), "--fail-on-error",
+                          "--duration", "4s", "--processes", "2", "--out", str(tmp_path), "--fail-on-error",
                           "--replica-urls", ",".join(r.url for r in cluster.replicas)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

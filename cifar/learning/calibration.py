@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from .. import data
 from ..evaluate import ECE_BINS, reliability
@@ -28,6 +27,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of the labels (one scalar,
     so a few hundred images fit it without overfitting)."""
+    from scipy.optimize import minimize_scalar  # 0.3 s to import: here, not in every app's start
+
     result = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
                              bounds=(np.log(0.01), np.log(100.0)), method="bounded")
     return float(np.exp(result.x))
