@@ -22,7 +22,7 @@ CHANGES = [
     ("the promotion rule inverted", "cifar/learning/retrain.py",
      'promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE',
      'promoted = not (after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE)',
-     ["tests/test_retrain_shift.py", "tests/test_promotion.py"]),
+     ["tests/test_retrain_shift.py", "tests/test_promotion.py", "tests/test_turned_down.py"]),
     ("the admin key check removed from /label", "cifar/service.py",
      '        label wins; every earlier one stays in the history."""\n        self.check_admin(key)\n',
      '        label wins; every earlier one stays in the history."""\n',

@@ -25,13 +25,16 @@ from run import App  # noqa: E402  (one way to start the app, shared with the lo
 
 from cifar import config, cpu  # noqa: E402
 
+pytest_plugins = ["retrain_app"]  # the promotion tests' app and Hub, one per module that asks
+
 # The longest modules first (wall seconds each took in the suite on the AMX machine, 2026-12-02,
 # session 20: 178, 82, 68, 60, 60, 56, 40, 39, 37, 30): with two workers taking whole files, the run
 # then ends on short files instead of one worker idling while the other finishes a long one picked
 # up late. xdist keeps this order only with --no-loadscope-reorder (tests/run.sh): by default it
 # hands out the files with the most tests first.
-LONGEST_FIRST = ("test_promotion.py", "test_cli.py", "test_state_sync.py", "test_cluster.py", "test_runtime.py",
-                 "test_hub.py", "test_loadtest.py", "test_monitoring.py", "test_learning.py", "test_serving.py")
+LONGEST_FIRST = ("test_promotion.py", "test_turned_down.py", "test_cli.py", "test_state_sync.py", "test_cluster.py",
+                 "test_runtime.py", "test_hub.py", "test_loadtest.py", "test_monitoring.py", "test_learning.py",
+                 "test_serving.py")
 
 
 def pytest_collection_modifyitems(items):
