@@ -27,14 +27,18 @@ from cifar import config, cpu  # noqa: E402
 
 pytest_plugins = ["retrain_app"]  # the promotion tests' app and Hub, one per module that asks
 
-# The longest modules first (wall seconds each took in the suite on the AMX machine, 2026-12-02,
-# session 20: 178, 82, 68, 60, 60, 56, 40, 39, 37, 30): with two workers taking whole files, the run
-# then ends on short files instead of one worker idling while the other finishes a long one picked
-# up late. xdist keeps this order only with --no-loadscope-reorder (tests/run.sh): by default it
-# hands out the files with the most tests first.
-LONGEST_FIRST = ("test_promotion.py", "test_turned_down.py", "test_cli.py", "test_state_sync.py", "test_cluster.py",
-                 "test_runtime.py", "test_hub.py", "test_loadtest.py", "test_monitoring.py", "test_learning.py",
-                 "test_serving.py")
+# The longest modules first, every one of 5 s or more (wall seconds each took in the suite on the
+# AMX machine, 2026-12-03, session 22: 75, 65, 61, 49, 48, 44, 43, 31, 31, 26, 25, 22, 22, 18, 18, 16,
+# 12, 12, 9, 8): with two workers taking whole files, the run then ends on short files instead of one
+# worker finishing a long one picked up late while the other idles. The two promotion modules first:
+# side by side, their retrains share the cores (a retrain runs niced and, beside a file at normal
+# priority, would wait behind it). xdist keeps this order only with --no-loadscope-reorder
+# (tests/run.sh): by default it hands out the files with the most tests first.
+LONGEST_FIRST = ("test_turned_down.py", "test_promotion.py", "test_cli.py", "test_state_sync.py", "test_cluster.py",
+                 "test_runtime.py", "test_learning.py", "test_monitoring.py", "test_hub.py", "test_loadtest.py",
+                 "test_serving.py", "test_bad_input.py", "test_faults.py", "test_retrain_shift.py",
+                 "test_gradio_sessions.py", "test_bench_corruptions.py", "test_browser.py", "test_train.py",
+                 "test_app_api.py", "test_deploy.py")
 
 
 def pytest_collection_modifyitems(items):
