@@ -81,13 +81,13 @@ def _run_eviction_scenario(keep: bool) -> tuple[str | None, bool]:
         _one_shot_calls(demo.local_url, 60)
         release.set()
         try:
-            result = job.result(timeout=5)  # released: it ends within 0.05 s
+            result = job.result(timeout=2)  # released: it ends within 0.05 s
         except Exception:  # the stream of an evicted session: 404, then the client gives up
             result = None
         started.clear(), release.clear()
         second = Client(demo.local_url, verbose=False).submit(api_name="/slow")
         assert started.wait(30)
-        deadline, progress_seen = time.time() + 10, False  # seen within a second when the loop lives
+        deadline, progress_seen = time.time() + 5, False  # seen within a second when the loop lives
         while not progress_seen and time.time() < deadline:
             progress_seen = second.status().progress_data is not None
             time.sleep(0.1)
