@@ -54,14 +54,15 @@ def before_after_rows(result: dict) -> list[list]:
 
 
 BEFORE_AFTER_COLUMNS = ["metric", "before", "after"]
-ACCURACY_ROWS, F1_ROWS = [0, 2], [1]  # of before_after_rows
 
 
 def before_after_table(result: dict) -> Styler:
     """The rows as the tab shows them: accuracies in percent, F1 as a fraction (API callers: numbers)."""
     frame = pd.DataFrame(before_after_rows(result), columns=BEFORE_AFTER_COLUMNS, dtype=object)  # None stays None
     numbers = BEFORE_AFTER_COLUMNS[1:]
-    return as_percent(frame, numbers, ACCURACY_ROWS).format("{:.4f}", subset=pd.IndexSlice[F1_ROWS, numbers], na_rep="-")
+    accuracies = frame["metric"].str.contains("accuracy")  # by name: the rows' order is before_after_rows' alone
+    return as_percent(frame, numbers, list(frame.index[accuracies])).format(
+        "{:.4f}", subset=pd.IndexSlice[list(frame.index[~accuracies]), numbers], na_rep="-")
 
 
 def estimate_note(uploads: int, held_back: int) -> str:
