@@ -116,12 +116,16 @@ def push(version: Version, repo_id: str | None = None) -> str:
     api = _api()
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
-        for tag in api.list_repo_refs(repo_id).tags:
+        refs = api.list_repo_refs(repo_id)
+        for tag in refs.tags:
             if tag.name == version.id:
                 return tag.target_commit
         with tempfile.TemporaryDirectory() as staging:
             stage(version, repo_id, Path(staging))
-            commit = api.upload_folder(repo_id=repo_id, folder_path=staging,
+            # The repository's tree is the last version pushed: files of its that this version has
+            # not (a runtime: a turned-down version has none) go, or its tag would carry them.
+            stale = PUSHED_FILES if refs.branches else None  # no main yet: nothing to delete
+            commit = api.upload_folder(repo_id=repo_id, folder_path=staging, delete_patterns=stale,
                                        commit_message=f"Add version {version.id}",
                                        commit_description=f"Model version {version.id} "
                                                           f"({version.metadata.get('kind', '?')}).")
@@ -156,7 +160,8 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
                               token=os.environ.get("HF_TOKEN") or None, allow_patterns=PUSHED_FILES)
             if not (Path(folder) / "model.keras").exists():
                 raise HubError(f"{repo_id}@{revision} holds no model.keras.")
-            if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():  # pushed before the runtime existed
+            # None pushed: a version from before the runtime existed, or one a retrain turned down
+            if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():
                 from . import model as net  # Keras: only for such old versions
 
                 runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), cpu.tta_level())

@@ -235,6 +235,12 @@ def _answers_in(stored: dict, tta_level: int, count: int) -> np.ndarray | None:
     return np.array([int(c) for c in answers])
 
 
+def not_converted() -> dict:
+    """The runtime of a version saved without a conversion (a retrain's turned-down version):
+    Keras until it serves somewhere, where cifar.serving.load_predictor makes and checks one."""
+    return {"runtime": "keras", "why": "not converted yet (it has not served; converted where it first serves)"}
+
+
 def describe(status: dict) -> str:
     """One line for the log and Monitoring."""
     if status.get("runtime") == "openvino" and status.get("passed"):

@@ -41,7 +41,8 @@ def load_predictor(version: Version, tta_level: int, cache_dir: Path | None = No
     keras_answers = lambda: keras_logits().argmax(1)  # the same pass, as answers
     predictor.calibrate(calibration.for_version(version, tta_level, cache_dir, keras_logits))
     folder = version.path
-    if not (folder / runtime.FOLDER).exists() and cache_dir:  # older versions: versions never change
+    # Older versions and turned-down ones have none: made into the cache (versions never change)
+    if not (folder / runtime.FOLDER).exists() and cache_dir:
         folder = Path(cache_dir) / f"runtime-{version.id}"
         if not (folder / runtime.FOLDER / "runtime.json").exists():
             runtime.build(predictor.model, folder, tta_level, {level: v.argmax(1) for level, v in by_level().items()})

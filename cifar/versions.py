@@ -31,11 +31,12 @@ def machine() -> str:
 
 def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict, metrics: dict,
                        history: dict, calibration: dict | None = None,
-                       built_runtime: Path | None = None) -> registry.Version:
+                       built_runtime: Path | None = None, convert: bool = True) -> registry.Version:
     """Write model.keras, metadata.json (with file size), metrics.json, history.json,
     calibration.json (cifar.learning.calibration.fit), the card, and the serving runtime's
     checked OpenVINO model (cifar.runtime; `built_runtime`: a folder where runtime.build already
-    made it for this model, copied instead of made again)."""
+    made it for this model, copied instead of made again; `convert` False: none now, the version
+    gets one where it first serves)."""
     version_id = registry.new_version_id(kind)
     metadata = {"id": version_id, "kind": kind, "created": registry.utc_now().isoformat(timespec="seconds"),
                 "command": shell_command(), "libraries": library_versions(), "machine": machine(),
@@ -47,7 +48,9 @@ def save_model_version(reg: registry.Registry, kind: str, model, metadata: dict,
 
     def write(folder: Path):
         serving_model.save(folder / registry.MODEL_FILE)
-        if built_runtime is not None and (Path(built_runtime) / runtime.FOLDER).is_dir():  # none without OpenVINO
+        if not convert:
+            status = runtime.not_converted()
+        elif built_runtime is not None and (Path(built_runtime) / runtime.FOLDER).is_dir():  # none without OpenVINO
             shutil.copytree(Path(built_runtime) / runtime.FOLDER, folder / runtime.FOLDER)
             status = json.loads((folder / runtime.FOLDER / "runtime.json").read_text())
         else:

@@ -2,6 +2,8 @@
 labelled wrongly on purpose is turned down, the version that served goes on serving, and the new
 version is still kept, on disk and on the (local) Hub. On an app of its own (tests/retrain_app.py),
 so that it runs beside tests/test_promotion.py's retrain, which is promoted."""
+import json
+
 import numpy as np
 from conftest import outside_holdout
 from retrain_app import REPO, current, upload_labelled, wait_for_hub
@@ -31,5 +33,9 @@ def test_a_retrain_on_wrong_labels_is_turned_down_and_the_serving_version_stays(
     # answers with its commit.
     wait_for_hub(client, hub, new)
     assert set(hub.repos[REPO].tags) == {row[0] for row in rows}
+    # Kept without a serving runtime: one is made and checked where it first serves (test_runtime.py).
+    files = hub.repos[REPO].resolve(new)["files"]
+    assert "model.keras" in files and not any(name.startswith("openvino") for name in files), sorted(files)
+    assert json.loads(files["metadata.json"][0])["runtime"]["why"].startswith("not converted yet"), files["metadata.json"]
     message = client.predict(new, "", api_name="/push")
     assert message == f"Pushed {new} to {REPO} (commit {hub.repos[REPO].tags[new][:10]}, tag {new})."

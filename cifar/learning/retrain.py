@@ -124,21 +124,28 @@ def estimate_after(candidate: Predictor, x_up: np.ndarray, held_back: np.ndarray
 
 
 def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, held_back: np.ndarray, adapted_parent,
-                        metadata: dict, phases: dict, report):
-    """Judge and calibrate the trained model on the held-out images, convert it for the serving
-    runtime, estimate its accuracy on the uploads (and the current one's), and save it as a new
-    version. Returns the version, its held-out metrics and its predictor."""
+                        before: dict, metadata: dict, phases: dict, report) -> tuple:
+    """Judge and calibrate the trained model on the held-out images, apply the promotion rule,
+    convert it for the serving runtime if it will serve, estimate its accuracy on the uploads (and
+    the current one's), and save it as a new version. Returns the version, its held-out metrics,
+    its predictor and whether it is promoted."""
     report(0.82, "judging and calibrating the new version on held-out images")
     mark = time.time()
     candidate = Predictor(result.model, tta_level=serving.tta_level)
     after, fitted, holdout_logits = judge(candidate)
     phases["judging"], mark = time.time() - mark, time.time()
     candidate.calibrate(fitted)
-    report(0.86, "converting the new version for the serving runtime and checking it")
+    promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
     with tempfile.TemporaryDirectory(prefix="runtime-") as staging:
-        runtime.build(result.model, Path(staging), serving.tta_level,
-                      {level: logits.argmax(1) for level, logits in holdout_logits.items()})
-        candidate.use_runtime(staging)  # the estimates go through what will serve
+        # Only a version that will serve is converted now: a turned-down one (its conversion and
+        # check were 40% of such a retrain) gets its runtime where it is first served, if ever.
+        if promoted:
+            report(0.86, "converting the new version for the serving runtime and checking it")
+            runtime.build(result.model, Path(staging), serving.tta_level,
+                          {level: logits.argmax(1) for level, logits in holdout_logits.items()})
+            candidate.use_runtime(staging)  # the estimates go through what will serve
+        else:
+            candidate.runtime = runtime.not_converted()
         phases["conversion"], mark = time.time() - mark, time.time()
         report(0.9, "estimating accuracy on the uploads, before and after")
         metadata["estimated_accuracy_on_uploads"] = {  # after: on the held-back uploads, if any (metadata's "held_back")
@@ -149,11 +156,12 @@ def _judge_convert_save(registry, result, serving: Predictor, x_up: np.ndarray, 
         log.info("retrain trained in %.0f s; saving the new version", result.seconds)
         report(0.93, "saving the new version")
         version = versions.save_model_version(registry, "retrain", result.model, metadata, after, result.history,
-                                              calibration=fitted, built_runtime=Path(staging))
+                                              calibration=fitted, built_runtime=Path(staging), convert=promoted)
         phases["saving"] = time.time() - mark
     candidate.version = version.id
-    candidate.use_runtime(version.path)  # if promoted, it serves through its checked OpenVINO model
-    return version, after, candidate
+    if promoted:
+        candidate.use_runtime(version.path)  # it serves through its checked OpenVINO model
+    return version, after, candidate, promoted
 
 
 def run(registry, uploads, serving: Predictor, before: dict, threshold: float, epochs: int | None,
@@ -202,9 +210,9 @@ def run(registry, uploads, serving: Predictor, before: dict, threshold: float, e
         "pseudo_candidates": int(unlabeled.sum()), "pseudo_used": int(confident.sum()),
         "held_back": int(held_back.sum()), "replay_count": len(x_replay),
     }
-    version, after, candidate = _judge_convert_save(registry, result, serving, x_up, held_back,
-                                                    labelled["adapted_parent"], metadata, phases, report)
-    promoted = after["accuracy"] >= before["accuracy"] - PROMOTION_TOLERANCE
+    version, after, candidate, promoted = _judge_convert_save(registry, result, serving, x_up, held_back,
+                                                              labelled["adapted_parent"], before, metadata, phases,
+                                                              report)
     if promoted:
         reason = (f"held-out accuracy {after['accuracy']:.2%} vs {before['accuracy']:.2%} "
                   f"(tolerance {PROMOTION_TOLERANCE:.0%})")
