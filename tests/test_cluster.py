@@ -36,8 +36,7 @@ def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
     server = HubServer(token=TOKEN).start()
     env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf"),
-           "HF_REPO_ID": MODELS, "CIFAR_SYNC_SPACING_S": "1", "CIFAR_FOLLOW_S": "2",
-           "CIFAR_TTA": "2"}  # the shipped version's stored check: replicas start (and rejoin) without re-checking
+           "HF_REPO_ID": MODELS, "CIFAR_SYNC_SPACING_S": "1", "CIFAR_FOLLOW_S": "2"}
     with pytest.MonkeyPatch.context() as patch:  # this process reads the same Hub (the claim test)
         for name, value in env.items():
             patch.setenv(name, value)
@@ -206,7 +205,7 @@ def test_serve_cluster_starts_replicas_and_the_balancer_and_stops_them(tmp_path)
     port = free_port()
     command = subprocess.Popen([sys.executable, "-m", "cifar", "serve-cluster", "--replicas", "1", "--port", str(port),
                                 "--home", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "HF_REPO_ID": "", "CIFAR_TTA": "2"},
+                               text=True, env={**os.environ, "HF_REPO_ID": ""},
                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     said = []
     try:

@@ -61,17 +61,26 @@ def test_calibration_of_a_tiny_model_lowers_its_ece_on_images_it_did_not_see(tes
     assert (softmax(logits, fitted["temperature"]).argmax(1) == logits.argmax(1)).all()
 
 
+def _shipped(level: int) -> predict.Predictor:
+    return serving.load_predictor(Registry(config.shipped_models_dir()).current(), tta_level=level)
+
+
 @pytest.fixture(scope="module")
 def shipped():
-    version = Registry(config.shipped_models_dir()).current()
-    return serving.load_predictor(version, tta_level=2)
+    """The shipped version at one view (the suite's level, CIFAR_TTA; a sixth of 6 views' work)."""
+    return _shipped(0)
+
+
+@pytest.fixture(scope="module")
+def shipped_six_views():
+    return _shipped(2)
 
 
 def test_the_shipped_temperature_is_the_fit_on_the_held_out_images_and_calibrates_them(shipped):
     x, y = data.holdout()
-    assert shipped.calibration["tta_level"] == 2 and shipped.temperature < 1  # stored with the version
+    assert shipped.calibration["tta_level"] == 0 and shipped.temperature < 1  # stored with the version, by level
     logits = shipped.logits(x)
-    # Fitted on these images (on Keras' logits; the served runtime's differ a little: 0.506 vs 0.520 on int8)
+    # Fitted on these images (on Keras' logits; the served runtime's differ a little: 0.536 vs 0.551 on int8)
     assert calibration.fit_temperature(logits, y) == pytest.approx(shipped.temperature, rel=0.05)
     calibrated = softmax(logits, shipped.temperature)
     assert evaluate.ece(softmax(logits), y) > 0.15      # raw: far less sure than right (label smoothing)
@@ -171,12 +180,14 @@ def test_a_fifth_of_the_unlabeled_uploads_is_held_back_where_that_is_200_or_more
     assert again.sum() == 200 and (again != held).any()               # each retrain draws anew
 
 
-def test_after_a_retrain_the_estimate_is_judged_on_the_held_back_uploads(shipped, test_split):
+def test_after_a_retrain_the_estimate_is_judged_on_the_held_back_uploads(shipped_six_views, test_split):
     """800 clean and 200 pixelated uploads, the pixelated ones held back: the estimate is of those
     200 (far under the clean ones' 90%), and near their true accuracy. (Not a retrain: what holding
-    back buys after one is measured by bench-retrain, RESULTS.md.)"""
+    back buys after one is measured by bench-retrain, RESULTS.md.) At 6 views, as an AMX CPU serves:
+    there it misses by 4 points, at one view by 8 (2026-12-03), both within the 10 asserted."""
     from cifar.learning import retrain
 
+    shipped = shipped_six_views
     x, y = test_split
     picks = data.balanced_subset(y, 100, seed=7)
     uploads = x[picks].copy()
