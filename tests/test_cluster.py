@@ -88,7 +88,7 @@ class Predicting:
     they took the cores from a replica restarting beside them); what each call answered, or how it
     failed, is kept."""
 
-    THINK_S = 0.1
+    THINK_S = 0.25
 
     def __init__(self, cluster: Cluster, users: int = 4):
         self.answers, self.failures, self._stop = [], [], threading.Event()

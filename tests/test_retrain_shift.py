@@ -37,8 +37,9 @@ def test_pseudo_labels_from_adapted_statistics_beat_the_stored_ones_under_shift(
     x, y = data.holdout()
     picks = data.balanced_subset(y, 40, seed=0)
     shifted = bench_retrain.apply_shift("contrast", x[picks], seed=1)
-    plain = predict.Predictor.load(_shipped_path()).predict_arrays(shifted).argmax(1)
-    adapted = upload_probabilities(_shipped_path(), shifted, tta_level=2).argmax(1)
+    # One view (the suite's level): 66.8% plain, 91.3% adapted; at 6 views 68.0% and 92.8% (2026-12-03).
+    plain = predict.Predictor.load(_shipped_path(), tta_level=0).predict_arrays(shifted).argmax(1)
+    adapted = upload_probabilities(_shipped_path(), shifted, tta_level=0).argmax(1)
     assert (adapted == y[picks]).mean() > (plain == y[picks]).mean() + 0.05
 
 
