@@ -25,7 +25,7 @@ COPY --chown=user models ./models
 
 USER 1000
 # OpenVINO and NNCF send usage events to Google Analytics by default each time a model is converted
-# (every new version), forking the process for each; the app calls nobody home. Their documented opt-out.
+# (every version that serves), forking the process for each; the app calls nobody home. Their documented opt-out.
 RUN opt_in_out --opt_out
 EXPOSE 7860
 VOLUME ["/data"]

@@ -162,7 +162,7 @@ def pull(registry: Registry, revision: str | None, repo_id: str | None = None) -
                 raise HubError(f"{repo_id}@{revision} holds no model.keras.")
             # None pushed: a version from before the runtime existed, or one a retrain turned down
             if not (Path(folder) / runtime.FOLDER / "runtime.json").exists():
-                from . import model as net  # Keras: only for such old versions
+                from . import model as net  # Keras: only for such versions
 
                 runtime.build(net.load(Path(folder) / "model.keras"), Path(folder), cpu.tta_level())
             return registry.add_folder(Path(folder), version_id=revision)
